@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ErrorKind(str, Enum):
+class ErrorKind(StrEnum):
     """Error kinds, named as gRPC / TensorFlow status codes."""
 
     INVALID_ARGUMENT = "INVALID_ARGUMENT"

@@ -1,0 +1,3 @@
+from tfmux.cli import main
+
+main()

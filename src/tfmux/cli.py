@@ -1,0 +1,176 @@
+"""The ``tfmux`` command: serve models, write the demo models."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tfmux.config import ConfigError, ModelSources, build_config, parse_size
+from tfmux.demo import write_demo_models
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def default_cache_dir() -> Path:
+    """Where the demo models are generated: $TFMUX_CACHE_DIR, else the user's cache dir."""
+    if os.environ.get("TFMUX_CACHE_DIR"):
+        return Path(os.environ["TFMUX_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tfmux"
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="tfmux")
+def main() -> None:
+    """tfmux: serve many TensorFlow SavedModels from one process."""
+
+
+@main.command(context_settings=CONTEXT)
+@click.option(
+    "--model-repository",
+    "repositories",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Serve every subfolder of DIR as a model named after the folder. Repeatable.",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="Serve the model whose versions are PATH/<integer version>/. Repeatable.",
+)
+@click.option(
+    "--config",
+    "config_files",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="YAML config file: server settings and per-model base_path, version_policy, load.",
+)
+@click.option(
+    "--model-config-file",
+    "tfs_config_files",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="TF Serving models.config (protobuf text format).",
+)
+@click.option(
+    "--load",
+    type=click.Choice(["eager", "lazy"]),
+    default="eager",
+    show_default=True,
+    help="Default load mode: at startup, or on a model's first request.",
+)
+@click.option("--host", default=None, help="Address to listen on.  [default: 127.0.0.1]")
+@click.option(
+    "--http-port", type=int, default=None, help="REST port (0: any free port).  [default: 8501]"
+)
+@click.option("--grpc-port", type=int, default=None, help="gRPC port.  [default: 8500]")
+@click.option(
+    "--max-body-size",
+    default=None,
+    help="Largest REST request body; larger ones get 413.  [default: 64MiB]",
+)
+@click.option(
+    "--inference-threads", type=int, default=None, help="Threads running models.  [default: 4]"
+)
+@click.option(
+    "--max-concurrent-loads",
+    type=int,
+    default=None,
+    help="Model loads run in parallel.  [default: 2]",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Log verbosity.  [default: info]",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the demo models are generated when no model is named.  "
+    "[default: $TFMUX_CACHE_DIR or ~/.cache/tfmux]",
+)
+def serve(
+    repositories: tuple[Path, ...],
+    models: tuple[str, ...],
+    config_files: tuple[Path, ...],
+    tfs_config_files: tuple[Path, ...],
+    load: str,
+    cache_dir: Path | None,
+    max_body_size: str | None,
+    **overrides: Any,
+) -> None:
+    """Serve models over TF Serving's REST API, with health and metrics.
+
+    With no model source, serves the two embedded demo models (binary, regression).
+    """
+    sources = ModelSources(
+        list(repositories),
+        list(models),
+        list(config_files),
+        list(tfs_config_files),
+        load,  # type: ignore[arg-type]
+    )
+    try:
+        if max_body_size is not None:
+            overrides["max_body_bytes"] = parse_size(max_body_size)
+        if sources.empty():
+            demo_root = (cache_dir or default_cache_dir()) / "demo-models"
+            write_demo_models(demo_root)
+            sources.repositories.append(demo_root)
+        config = build_config(sources, overrides)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from tfmux.server import TfmuxServer
+
+    server = TfmuxServer(config)
+    try:
+        _run(server.run_until_signal(_announce))
+    except OSError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
+
+
+def _announce(server: Any) -> None:
+    config = server.config
+    lines = [f"tfmux listening on http://{config.host}:{server.http_port} (REST)"]
+    for served in server.manager.models():
+        statuses = server.manager.statuses(served.config.name) if served.versions else []
+        described = ", ".join(f"v{s.version} {s.state}" for s in statuses) or str(served.problem)
+        lines.append(f"  {served.config.name:<20} {described}   {served.config.base_path}")
+        lines.extend(
+            f"      v{s.version}: {s.error_code}: {s.error_message}"
+            for s in statuses
+            if s.error_code != "OK"
+        )
+    click.echo("\n".join(lines), err=False)
+    sys.stdout.flush()
+
+
+@main.command("demo-models", context_settings=CONTEXT)
+@click.argument("directory", type=click.Path(path_type=Path))
+def demo_models(directory: Path) -> None:
+    """Write the embedded demo models (binary: TF2, regression: TF1) into DIRECTORY."""
+    for name, path in write_demo_models(directory).items():
+        click.echo(f"{name}: {path}")

@@ -1,0 +1,283 @@
+"""Server and per-model configuration: YAML files, TF Serving's models.config, CLI sources.
+
+Everything here is validated data; nothing loads models.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9_]+$")
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be served; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions on disk to serve: the newest N, all of them, or a given set."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> VersionPolicy:
+        """From YAML: ``all``, ``{latest: N}``, ``{all: {}}`` or ``{specific: [..]}``."""
+        if isinstance(value, VersionPolicy):
+            return value
+        if value is None or value == "latest":
+            return cls()
+        if value == "all":
+            return cls(kind="all")
+        if isinstance(value, dict) and len(value) == 1:
+            ((key, arg),) = value.items()
+            if key == "latest":
+                try:
+                    n = int(arg.get("num_versions", 1) if isinstance(arg, dict) else arg)
+                except (TypeError, ValueError):
+                    raise ValueError(f"latest needs a number of versions, not {arg!r}") from None
+                if n < 1:
+                    raise ValueError("latest needs at least 1 version")
+                return cls(kind="latest", num_versions=n)
+            if key == "all":
+                return cls(kind="all")
+            if key == "specific":
+                items = arg.get("versions", []) if isinstance(arg, dict) else arg
+                try:
+                    if isinstance(items, str | bytes):
+                        raise TypeError(items)
+                    versions = tuple(sorted({int(v) for v in items}))
+                except (TypeError, ValueError):
+                    raise ValueError(f"specific needs a list of versions, not {arg!r}") from None
+                if not versions:
+                    raise ValueError("specific needs at least one version")
+                return cls(kind="specific", versions=versions)
+        raise ValueError(
+            f"version_policy must be 'all', {{latest: N}} or {{specific: [..]}}, not {value!r}"
+        )
+
+
+class ModelConfig(BaseModel):
+    """One served model: where its versions live and how to serve them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    name: str
+    base_path: Path
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    load: Literal["eager", "lazy"] = "eager"
+    runtime: Literal["auto", "tf1", "tf2"] = "auto"
+    labels: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        if not MODEL_NAME_RE.match(name):
+            raise ValueError(f"model name {name!r} must match {MODEL_NAME_RE.pattern}")
+        return name
+
+    @field_validator("version_policy", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> VersionPolicy:
+        return VersionPolicy.parse(value)
+
+    @field_validator("labels")
+    @classmethod
+    def _valid_labels(cls, labels: dict[str, int]) -> dict[str, int]:
+        for label in labels:
+            if not LABEL_RE.match(label):
+                raise ValueError(f"label {label!r} must match {LABEL_RE.pattern}")
+        return labels
+
+
+class ServerConfig(BaseModel):
+    """Server-wide settings plus the models to serve."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    http_port: int = Field(default=8501, ge=0, le=65535)
+    grpc_port: int = Field(default=8500, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: int = Field(default=64 * MiB, gt=0)
+    max_grpc_message_bytes: int = Field(default=256 * MiB, gt=0)
+    inference_threads: int = Field(default=4, ge=1)
+    max_concurrent_loads: int = Field(default=2, ge=1)
+    models: list[ModelConfig] = Field(default_factory=list)
+
+
+@dataclass
+class ModelSources:
+    """What the command line named: repositories, NAME=PATH pairs and config files."""
+
+    repositories: list[Path] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    config_files: list[Path] = field(default_factory=list)
+    tfs_config_files: list[Path] = field(default_factory=list)
+    load: Literal["eager", "lazy"] = "eager"
+
+    def empty(self) -> bool:
+        return not (self.repositories or self.models or self.config_files or self.tfs_config_files)
+
+
+def _model(fields: dict[str, Any], where: str) -> ModelConfig:
+    try:
+        return ModelConfig(**fields)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_pydantic_message(exc)}") from None
+
+
+def _pydantic_message(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def models_from_repository(root: Path, load: str) -> list[ModelConfig]:
+    """Every subfolder of ``root`` is a model named after the folder."""
+    if not root.is_dir():
+        raise ConfigError(f"model repository {root} is not a directory")
+    return [
+        _model({"name": d.name, "base_path": d.resolve(), "load": load}, f"repository {root}")
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith(".")
+    ]
+
+
+def model_from_pair(pair: str, load: str) -> ModelConfig:
+    """``NAME=PATH`` from ``--model``."""
+    name, sep, path = pair.partition("=")
+    if not sep or not name or not path:
+        raise ConfigError(f"--model expects NAME=PATH, got {pair!r}")
+    return _model({"name": name, "base_path": Path(path).resolve(), "load": load}, "--model")
+
+
+def load_yaml_config(path: Path, load: str) -> tuple[dict[str, Any], list[ModelConfig]]:
+    """A YAML file: optional ``server:`` settings and ``models:`` (mapping by name or list)."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    unknown = set(data) - {"server", "models"}
+    if unknown:
+        allowed = "allowed: server, models"
+        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)} ({allowed})")
+    raw_models = data.get("models") or {}
+    if isinstance(raw_models, dict):
+        entries = []
+        for name, settings in raw_models.items():
+            if not isinstance(settings, dict | None):
+                raise ConfigError(f"{path}: model {name!r} must be a mapping of settings")
+            entries.append({"name": name, **(settings or {})})
+    elif isinstance(raw_models, list):
+        entries = list(raw_models)
+    else:
+        raise ConfigError(f"{path}: models must be a mapping or a list")
+    models = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: each model must be a mapping of settings, not {entry!r}")
+        entry = dict(entry)
+        entry.setdefault("load", load)
+        if "base_path" in entry:
+            entry["base_path"] = (path.parent / str(entry["base_path"])).resolve()
+        models.append(_model(entry, f"{path}: model {entry.get('name')!r}"))
+    server = data.get("server") or {}
+    if not isinstance(server, dict):
+        raise ConfigError(f"{path}: server must be a mapping")
+    return server, models
+
+
+def load_tfs_config(path: Path, load: str) -> list[ModelConfig]:
+    """TF Serving's ``models.config`` (protobuf text format ModelServerConfig)."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    message = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(path.read_text(), message)
+    except (OSError, text_format.ParseError) as exc:
+        raise ConfigError(f"cannot read TF Serving config {path}: {exc}") from None
+    return models_from_tfs_message(message, path.parent, load)
+
+
+def models_from_tfs_message(message: Any, base_dir: Path, load: str) -> list[ModelConfig]:
+    """Models of a ``ModelServerConfig`` proto (also used by HandleReloadConfigRequest)."""
+    if message.WhichOneof("config") not in (None, "model_config_list"):
+        raise ConfigError("only model_config_list is supported in a TF Serving config")
+    models = []
+    for cfg in message.model_config_list.config:
+        if cfg.model_platform not in ("", "tensorflow"):
+            raise ConfigError(f"model {cfg.name!r}: platform {cfg.model_platform!r} unsupported")
+        policy = cfg.model_version_policy
+        which = policy.WhichOneof("policy_choice")
+        if which == "all":
+            vp = VersionPolicy(kind="all")
+        elif which == "specific":
+            vp = VersionPolicy.parse({"specific": list(policy.specific.versions)})
+        elif which == "latest":
+            vp = VersionPolicy.parse({"latest": policy.latest.num_versions or 1})
+        else:
+            vp = VersionPolicy()
+        fields = {
+            "name": cfg.name,
+            "base_path": (base_dir / cfg.base_path).resolve(),
+            "version_policy": vp,
+            "load": load,
+            "labels": dict(cfg.version_labels),
+        }
+        models.append(_model(fields, f"TF Serving config model {cfg.name!r}"))
+    return models
+
+
+def build_config(sources: ModelSources, overrides: dict[str, Any]) -> ServerConfig:
+    """Merge every model source and the server settings (command line wins over files)."""
+    settings: dict[str, Any] = {}
+    models: list[ModelConfig] = []
+    for path in sources.config_files:
+        server, file_models = load_yaml_config(path, sources.load)
+        settings.update(server)
+        models += file_models
+    for path in sources.tfs_config_files:
+        models += load_tfs_config(path, sources.load)
+    for root in sources.repositories:
+        models += models_from_repository(root, sources.load)
+    models += [model_from_pair(pair, sources.load) for pair in sources.models]
+    seen: set[str] = set()
+    for model in models:
+        if model.name in seen:
+            raise ConfigError(f"model {model.name!r} is configured more than once")
+        seen.add(model.name)
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    settings["models"] = models
+    try:
+        return ServerConfig(**settings)
+    except ValidationError as exc:
+        raise ConfigError(f"server settings: {_pydantic_message(exc)}") from None
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``64MiB``, ``4GiB``, ``500MB``, ``1048576`` (KiB/MiB are powers of 1024)."""
+    match = _SIZE_RE.match(text)
+    if match is None:
+        raise ConfigError(f"cannot read size {text!r} (examples: 64MiB, 4GiB, 1000000)")
+    number, unit = float(match[1]), (match[2] or "").upper()
+    base = unit[:1] if unit != "B" else "B"
+    scale = 1024 ** "BKMGT".index(base) if "I" in unit else _UNITS[base]
+    return int(number * scale)

@@ -1,0 +1,198 @@
+"""One model version's lifecycle (START → LOADING → AVAILABLE → UNLOADING → END) and leases."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from enum import StrEnum
+from pathlib import Path
+
+from tfmux.core.runtime import LoadedModel
+from tfmux.errors import ErrorKind, ServingError, unavailable
+from tfmux.types import VersionStatus
+
+
+class State(StrEnum):
+    START = "START"
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    END = "END"
+
+
+Loader = Callable[[Path], LoadedModel]
+LoadListener = Callable[["ModelVersion", float, ServingError | None], None]
+
+
+class Lease:
+    """A hold on a loaded version: while any lease is open the version is not unloaded.
+
+    Release exactly once (use it as a context manager or call ``release``).
+    """
+
+    __slots__ = ("_owner", "_released", "model")
+
+    def __init__(self, owner: ModelVersion, model: LoadedModel) -> None:
+        self._owner = owner
+        self.model = model
+        self._released = False
+
+    @property
+    def name(self) -> str:
+        return self._owner.name
+
+    @property
+    def version(self) -> int:
+        return self._owner.version
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._owner._release()
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class ModelVersion:
+    """One version of one model. Thread-safe: every method may be called from any thread.
+
+    Loading is single-flight: however many callers ask, ``loader`` runs at most once. The
+    object is one-shot: once END it stays END, and serving the version again means a new one.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        loader: Loader,
+        on_loaded: LoadListener | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self._loader = loader
+        self._on_loaded = on_loaded
+        self._cond = threading.Condition()
+        self._state = State.START
+        self._error: ServingError | None = None
+        self._model: LoadedModel | None = None
+        self._leases = 0
+        self._load_future: Future[None] | None = None
+        self.load_seconds: float | None = None
+        self.last_used = time.monotonic()
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def error(self) -> ServingError | None:
+        return self._error
+
+    @property
+    def leases(self) -> int:
+        return self._leases
+
+    def status(self) -> VersionStatus:
+        with self._cond:
+            if self._error is None:
+                return VersionStatus(self.version, self._state.value)
+            return VersionStatus(
+                self.version, self._state.value, self._error.kind.value, self._error.message
+            )
+
+    def start_load(self, executor: Executor) -> Future[None]:
+        """Begin loading if not yet begun; the future completes when loading has ended.
+
+        The future never raises: a failed load leaves the version in END with its error.
+        """
+        with self._cond:
+            if self._load_future is not None:
+                return self._load_future
+            future: Future[None] = Future()
+            self._load_future = future
+            if self._state is not State.START:
+                future.set_result(None)
+                return future
+            self._state = State.LOADING
+        executor.submit(self._load, future)
+        return future
+
+    def _load(self, future: Future[None]) -> None:
+        started = time.perf_counter()
+        error: ServingError | None = None
+        model: LoadedModel | None = None
+        try:
+            model = self._loader(self.path)
+        except ServingError as exc:
+            error = exc
+        except Exception as exc:  # a model that cannot load must not take the server down
+            error = ServingError(ErrorKind.UNKNOWN, f"{type(exc).__name__}: {exc}")
+        seconds = time.perf_counter() - started
+        with self._cond:
+            self.load_seconds = seconds
+            if model is not None:
+                self._model, self._state = model, State.AVAILABLE
+            else:
+                self._state, self._error = State.END, error
+            self._cond.notify_all()
+        if self._on_loaded is not None:
+            self._on_loaded(self, seconds, error)
+        future.set_result(None)
+
+    def acquire(self) -> Lease:
+        """A lease on the loaded model; raises UNAVAILABLE unless the version is AVAILABLE."""
+        with self._cond:
+            if self._state is State.AVAILABLE and self._model is not None:
+                self._leases += 1
+                self.last_used = time.monotonic()
+                return Lease(self, self._model)
+            raise self._unavailable_error()
+
+    def _unavailable_error(self) -> ServingError:
+        where = f"model {self.name} version {self.version}"
+        if self._error is not None:
+            return unavailable(f"{where} failed to load: {self._error.message}")
+        if self._state in (State.START, State.LOADING):
+            return unavailable(f"{where} is not loaded yet (state {self._state.value})")
+        if self._state is State.UNLOADING:
+            return unavailable(f"{where} is unloading")
+        return unavailable(f"{where} has been unloaded")
+
+    def _release(self) -> None:
+        with self._cond:
+            self._leases -= 1
+            if self._leases == 0:
+                self._cond.notify_all()
+
+    def unload(self) -> None:
+        """Stop new leases, wait for open ones to be released, then close. Blocks; idempotent.
+
+        A version still loading is waited for first; so is an unload another caller began.
+        """
+        with self._cond:
+            while self._state in (State.LOADING, State.UNLOADING):
+                self._cond.wait()
+            if self._state is State.END:
+                return
+            if self._state is State.START:
+                self._state = State.END
+                return
+            self._state = State.UNLOADING
+            while self._leases:
+                self._cond.wait()
+            model, self._model = self._model, None
+        try:
+            if model is not None:
+                model.close()
+        finally:
+            with self._cond:
+                self._state = State.END
+                self._cond.notify_all()

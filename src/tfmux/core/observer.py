@@ -1,0 +1,29 @@
+"""What the core reports as it works; metrics (and tests) implement it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Observer(Protocol):
+    """Receives events from the core. Called from any thread; must be cheap and not raise."""
+
+    def model_loaded(self, name: str, version: int, seconds: float, error: str | None) -> None:
+        """A load ended (``error`` is the error kind's name when it failed)."""
+
+    def request_done(
+        self, name: str, version: str, method: str, seconds: float, error: str | None
+    ) -> None:
+        """A request ended; ``version`` is "" when none was resolved, ``error`` a kind name."""
+
+
+class NullObserver:
+    """Reports nothing."""
+
+    def model_loaded(self, name: str, version: int, seconds: float, error: str | None) -> None:
+        pass
+
+    def request_done(
+        self, name: str, version: str, method: str, seconds: float, error: str | None
+    ) -> None:
+        pass

@@ -1,0 +1,158 @@
+"""The one API every transport calls: resolve, lease, validate, run, report."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from tfmux.core.lifecycle import Lease, State
+from tfmux.core.manager import ModelManager
+from tfmux.core.observer import NullObserver, Observer
+from tfmux.core.validation import validate_inputs
+from tfmux.errors import ErrorKind, ServingError, internal, invalid_argument
+from tfmux.types import (
+    DEFAULT_SIGNATURE,
+    InferenceResult,
+    ModelRef,
+    SignatureSpec,
+    VersionStatus,
+)
+
+Inputs = Mapping[str, np.ndarray]
+InputDecoder = Callable[[SignatureSpec], Inputs]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    version: int
+    signatures: Mapping[str, SignatureSpec]
+
+
+class ServingService:
+    """Transport-neutral serving API. Coroutines run on the server's event loop; model code
+    runs in a bounded thread pool, never on the loop."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        inference_threads: int = 4,
+        observer: Observer | None = None,
+    ) -> None:
+        self.manager = manager
+        self._observer = observer or NullObserver()
+        self._pool = ThreadPoolExecutor(inference_threads, thread_name_prefix="tfmux-infer")
+
+    def close(self) -> None:
+        """Wait for running inferences, then unload every model."""
+        self._pool.shutdown(wait=True)
+        self.manager.close()
+
+    async def infer(
+        self,
+        ref: ModelRef,
+        inputs: Inputs | InputDecoder,
+        *,
+        signature_name: str = "",
+        output_names: Sequence[str] | None = None,
+        method: str = "predict",
+        method_name: str | None = None,
+    ) -> InferenceResult:
+        """Run one request against the version ``ref`` names.
+
+        ``inputs`` is either the tensors, or a decoder that builds them once the signature is
+        known (for formats such as JSON whose values carry no dtype). ``method_name``, when
+        given, is the signature method the request needs (classify / regress). ``method``
+        labels the request in metrics.
+        """
+        started = time.perf_counter()
+        version = ""
+        error: str | None = None
+        try:
+            with await self.manager.lease(ref) as lease:
+                version = str(lease.version)
+                return await self._run(lease, inputs, signature_name, output_names, method_name)
+        except ServingError as exc:
+            error = exc.kind.value
+            raise
+        except asyncio.CancelledError:
+            error = ErrorKind.CANCELLED.value
+            raise
+        except Exception:
+            error = ErrorKind.INTERNAL.value
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            self._observer.request_done(ref.name, version, method, seconds, error)
+
+    async def _run(
+        self,
+        lease: Lease,
+        inputs: Inputs | InputDecoder,
+        signature_name: str,
+        output_names: Sequence[str] | None,
+        method_name: str | None,
+    ) -> InferenceResult:
+        signature = signature_of(lease, signature_name or DEFAULT_SIGNATURE)
+        if method_name is not None and signature.method_name != method_name:
+            raise invalid_argument(
+                f"signature '{signature.name}' has method {signature.method_name}, "
+                f"but this request needs {method_name}"
+            )
+        tensors = validate_inputs(signature, inputs(signature) if callable(inputs) else inputs)
+        wanted = list(output_names) if output_names else None
+        for name in wanted or ():
+            if name not in signature.outputs:
+                raise invalid_argument(
+                    f"output '{name}' is not an output of signature '{signature.name}' "
+                    f"(outputs: {', '.join(sorted(signature.outputs))})"
+                )
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(
+                self._pool, lease.model.run, signature.name, tensors, wanted
+            )
+        except ServingError:
+            raise
+        except Exception as exc:  # model code failed: report it, keep serving
+            raise internal(f"{type(exc).__name__}: {_first_lines(str(exc))}") from exc
+        return InferenceResult(lease.name, lease.version, signature, outputs)
+
+    async def metadata(self, ref: ModelRef) -> ModelMetadata:
+        """Signatures of the version ``ref`` names (loads a lazy model)."""
+        with await self.manager.lease(ref) as lease:
+            return ModelMetadata(lease.name, lease.version, lease.model.signatures)
+
+    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        return self.manager.statuses(name, version)
+
+    def ready(self) -> bool:
+        """Every eagerly loaded version has finished loading (successfully or not)."""
+        return not any(
+            served.config.load == "eager" and mv.state is State.LOADING
+            for served in self.manager.models()
+            for mv in served.versions.values()
+        )
+
+
+def signature_of(lease: Lease, name: str) -> SignatureSpec:
+    signature = lease.model.signatures.get(name)
+    if signature is None:
+        available = ", ".join(sorted(lease.model.signatures)) or "none"
+        raise invalid_argument(
+            f'Serving signature name: "{name}" not found in signature def '
+            f"(model {lease.name} version {lease.version} has: {available})"
+        )
+    return signature
+
+
+def _first_lines(text: str, limit: int = 2000) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+__all__ = ["InputDecoder", "Inputs", "ModelMetadata", "ServingService"]

@@ -1,0 +1,107 @@
+"""Prometheus metrics, defined once, fed by the core's Observer events and state snapshots."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tfmux.core.manager import ModelManager
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+)
+LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """The server's metrics in a registry of its own (several servers may share a process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "tfmux_requests",
+            "Requests by model, version, method and outcome (OK or the error kind).",
+            ["model", "version", "method", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tfmux_request_latency_seconds",
+            "Time from a request reaching the core until its answer, by model and version.",
+            ["model", "version", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.loads = Counter(
+            "tfmux_model_loads",
+            "Model version loads by outcome (OK or the error kind).",
+            ["model", "version", "code"],
+            registry=self.registry,
+        )
+        self.load_seconds = Histogram(
+            "tfmux_model_load_seconds",
+            "Time to load a model version.",
+            ["model", "version"],
+            buckets=LOAD_BUCKETS,
+            registry=self.registry,
+        )
+
+    def watch(self, manager: ModelManager) -> None:
+        """Report model states read from ``manager`` at each scrape."""
+        self.registry.register(_StateCollector(manager))
+
+    # Observer protocol -------------------------------------------------------------------
+
+    def model_loaded(self, name: str, version: int, seconds: float, error: str | None) -> None:
+        v = str(version)
+        self.loads.labels(name, v, error or "OK").inc()
+        self.load_seconds.labels(name, v).observe(seconds)
+
+    def request_done(
+        self, name: str, version: str, method: str, seconds: float, error: str | None
+    ) -> None:
+        self.requests.labels(name, version, method, error or "OK").inc()
+        if error is None:
+            self.latency.labels(name, version, method).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self, manager: ModelManager) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        loaded = GaugeMetricFamily("tfmux_models_loaded", "Model versions currently AVAILABLE.")
+        state = GaugeMetricFamily(
+            "tfmux_model_version_state",
+            "1 for the state each served model version is in.",
+            labels=["model", "version", "state"],
+        )
+        count = 0
+        for served in self._manager.models():
+            for version, mv in served.versions.items():
+                s = mv.state.value
+                count += s == "AVAILABLE"
+                state.add_metric([served.config.name, str(version), s], 1)
+        loaded.add_metric([], count)
+        yield loaded
+        yield state

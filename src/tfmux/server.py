@@ -1,0 +1,126 @@
+"""Composition root: config → runtimes → manager → service → transports, with one lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable, Generator
+from pathlib import Path
+
+import uvicorn
+
+from tfmux.config import ModelConfig, ServerConfig
+from tfmux.core.manager import ModelManager
+from tfmux.core.runtime import LoadedModel
+from tfmux.core.service import ServingService
+from tfmux.metrics import CONTENT_TYPE, Metrics
+from tfmux.transports.ops_rest import OpsRest
+from tfmux.transports.rest import RestApp
+from tfmux.transports.tfs_rest import TfServingRest
+
+log = logging.getLogger("tfmux")
+
+
+def load_saved_model(config: ModelConfig, path: Path) -> LoadedModel:
+    """The production loader: TensorFlow runtimes, imported on first load."""
+    from tfmux.runtimes import load_model
+
+    return load_model(path, config.runtime)
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the TfmuxServer owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class TfmuxServer:
+    """Owns every part of a running server. ``start`` then ``stop``, on one event loop."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        loader: Callable[[ModelConfig, Path], LoadedModel] = load_saved_model,
+    ) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.manager = ModelManager(loader, config.max_concurrent_loads, self.metrics)
+        self.metrics.watch(self.manager)
+        self.service = ServingService(self.manager, config.inference_threads, self.metrics)
+        ops = OpsRest(self.service.ready, self.metrics.render, CONTENT_TYPE)
+        self.rest_app = RestApp(
+            [TfServingRest(self.service).route, ops.route], config.max_body_bytes
+        )
+        self.http_port: int | None = None
+        self._http: _UvicornServer | None = None
+        self._http_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Add the configured models (eager loads begin) and open the REST port."""
+        for model in self.config.models:
+            self.manager.add_model(model)
+        sock = _bind(self.config.host, self.config.http_port)
+        self.http_port = sock.getsockname()[1]
+        self._http = _UvicornServer(
+            uvicorn.Config(
+                self.rest_app,
+                lifespan="off",
+                access_log=False,
+                log_level=self.config.log_level,
+                http="httptools",
+                timeout_graceful_shutdown=30,
+            )
+        )
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        while not self._http.started:
+            if self._http_task.done():
+                await self._http_task  # raises what stopped it
+                raise RuntimeError("the REST server stopped while starting")
+            await asyncio.sleep(0.01)
+
+    async def wait_for_loads(self) -> None:
+        """Wait until the eager loads that started with the server have ended."""
+        await asyncio.get_running_loop().run_in_executor(None, self.manager.wait_for_loads)
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight requests, then unload every model."""
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await self._http_task
+        await asyncio.get_running_loop().run_in_executor(None, self.service.close)
+
+    async def run_until_signal(self, on_ready: Callable[[TfmuxServer], None]) -> None:
+        """Serve until SIGINT or SIGTERM, then shut down gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            await self.wait_for_loads()
+            on_ready(self)
+            await stop.wait()
+            log.info("shutting down: finishing in-flight requests, then unloading models")
+        finally:
+            await self.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock

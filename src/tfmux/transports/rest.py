@@ -1,0 +1,137 @@
+"""The REST front end: a small raw-ASGI app (measured ~2x a framework router on this machine).
+
+It reads bodies (with a size limit), routes by path, and maps neutral error kinds to HTTP
+status codes. Protocol handlers (TF Serving /v1, KServe /v2) live in their own modules.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tfmux.errors import ErrorKind, ServingError
+from tfmux.transports.tfs_json import encode_error
+
+log = logging.getLogger("tfmux.rest")
+
+HTTP_STATUS: dict[ErrorKind, int] = {
+    ErrorKind.INVALID_ARGUMENT: 400,
+    ErrorKind.FAILED_PRECONDITION: 400,
+    ErrorKind.OUT_OF_RANGE: 400,
+    ErrorKind.UNAUTHENTICATED: 401,
+    ErrorKind.PERMISSION_DENIED: 403,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.ALREADY_EXISTS: 409,
+    ErrorKind.ABORTED: 409,
+    ErrorKind.RESOURCE_EXHAUSTED: 429,
+    ErrorKind.CANCELLED: 499,
+    ErrorKind.INTERNAL: 500,
+    ErrorKind.UNKNOWN: 500,
+    ErrorKind.UNIMPLEMENTED: 501,
+    ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.DEADLINE_EXCEEDED: 504,
+}
+JSON = b"application/json"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[bytes, bytes]
+    body: bytes = b""
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: bytes = JSON
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+# A route answers a path with a handler, or None when the path is not its own.
+Route = Callable[[str, str], Handler | None]
+
+
+def error_response(exc: ServingError) -> Response:
+    """The HTTP answer for an error: TF Serving's status for its kind, 413 for big bodies."""
+    status = 413 if isinstance(exc, PayloadTooLarge) else HTTP_STATUS.get(exc.kind, 500)
+    return Response(status, encode_error(exc.message))
+
+
+class RestApp:
+    """ASGI application dispatching to routes in order; first match wins."""
+
+    def __init__(self, routes: list[Route], max_body_bytes: int) -> None:
+        self._routes = routes
+        self._max_body = max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        method: str = scope["method"]
+        path: str = scope["path"]
+        headers = dict(scope["headers"])
+        try:
+            handler = self._match(method, path)
+            body = await self._read_body(headers, receive) if method in ("POST", "PUT") else b""
+            response = await handler(Request(method, path, headers, body))
+        except ServingError as exc:
+            response = error_response(exc)
+        except Exception as exc:  # a bug must answer 500, not drop the connection
+            log.exception("unhandled error for %s %s", method, path)
+            response = Response(500, encode_error(f"internal error: {type(exc).__name__}: {exc}"))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [
+                    (b"content-type", response.content_type),
+                    (b"content-length", str(len(response.body)).encode()),
+                    *response.headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+    def _match(self, method: str, path: str) -> Handler:
+        for route in self._routes:
+            handler = route(method, path)
+            if handler is not None:
+                return handler
+        raise ServingError(ErrorKind.NOT_FOUND, f"no such endpoint: {method} {path}")
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Any) -> bytes:
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
+            raise self._too_large(int(declared))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ServingError(ErrorKind.CANCELLED, "client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise self._too_large(size)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _too_large(self, size: int) -> ServingError:
+        return PayloadTooLarge(
+            f"request body of {size} bytes exceeds the limit of {self._max_body} bytes "
+            "(--max-body-size)"
+        )
+
+
+class PayloadTooLarge(ServingError):
+    """Maps to 413, which has no gRPC counterpart (gRPC says RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorKind.RESOURCE_EXHAUSTED, message)
