@@ -155,6 +155,8 @@ def _run(coro: Any) -> None:
 def _announce(server: Any) -> None:
     config = server.config
     lines = [f"tfmux listening on http://{config.host}:{server.http_port} (REST)"]
+    if server.grpc_port is not None:
+        lines.append(f"tfmux listening on {config.host}:{server.grpc_port} (gRPC)")
     for served in server.manager.models():
         statuses = server.manager.statuses(served.config.name) if served.versions else []
         described = ", ".join(f"v{s.version} {s.state}" for s in statuses) or str(served.problem)

@@ -10,6 +10,7 @@ import socket
 from collections.abc import Callable, Generator
 from pathlib import Path
 
+import grpc
 import uvicorn
 
 from tfmux.config import ModelConfig, ServerConfig
@@ -17,11 +18,13 @@ from tfmux.core.manager import ModelManager
 from tfmux.core.runtime import LoadedModel
 from tfmux.core.service import ServingService
 from tfmux.metrics import CONTENT_TYPE, Metrics
+from tfmux.transports.grpc_server import Registrar, start_grpc_server
 from tfmux.transports.ops_rest import OpsRest
-from tfmux.transports.rest import RestApp
+from tfmux.transports.rest import RestApp, Route
 from tfmux.transports.tfs_rest import TfServingRest
 
 log = logging.getLogger("tfmux")
+GRACE_SECONDS = 30  # how long shutdown waits for in-flight requests
 
 
 def load_saved_model(config: ModelConfig, path: Path) -> LoadedModel:
@@ -53,10 +56,13 @@ class TfmuxServer:
         self.metrics.watch(self.manager)
         self.service = ServingService(self.manager, config.inference_threads, self.metrics)
         ops = OpsRest(self.service.ready, self.metrics.render, CONTENT_TYPE)
-        self.rest_app = RestApp(
-            [TfServingRest(self.service).route, ops.route], config.max_body_bytes
-        )
+        # Every front end: REST routes (first match wins) and gRPC services.
+        rest_routes: list[Route] = [TfServingRest(self.service).route, ops.route]
+        self.grpc_registrars: list[Registrar] = []
+        self.rest_app = RestApp(rest_routes, config.max_body_bytes)
         self.http_port: int | None = None
+        self.grpc_port: int | None = None
+        self._grpc: grpc.aio.Server | None = None
         self._http: _UvicornServer | None = None
         self._http_task: asyncio.Task[None] | None = None
 
@@ -73,7 +79,7 @@ class TfmuxServer:
                 access_log=False,
                 log_level=self.config.log_level,
                 http="httptools",
-                timeout_graceful_shutdown=30,
+                timeout_graceful_shutdown=GRACE_SECONDS,
             )
         )
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
@@ -82,6 +88,13 @@ class TfmuxServer:
                 await self._http_task  # raises what stopped it
                 raise RuntimeError("the REST server stopped while starting")
             await asyncio.sleep(0.01)
+        if self.grpc_registrars:
+            self._grpc, self.grpc_port = await start_grpc_server(
+                self.config.host,
+                self.config.grpc_port,
+                self.config.max_grpc_message_bytes,
+                self.grpc_registrars,
+            )
 
     async def wait_for_loads(self) -> None:
         """Wait until the eager loads that started with the server have ended."""
@@ -91,6 +104,9 @@ class TfmuxServer:
         """Stop accepting, finish in-flight requests, then unload every model."""
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace=GRACE_SECONDS)
+        if self._http_task is not None:
             await self._http_task
         await asyncio.get_running_loop().run_in_executor(None, self.service.close)
 

@@ -51,22 +51,85 @@ class ModelManager:
     def add_model(self, config: ModelConfig) -> ServedModel:
         """Serve a model: pick its versions on disk; start eager loads (does not wait)."""
         served = ServedModel(config)
-        on_disk = list_versions(config.base_path)
-        chosen = versions_to_serve(on_disk, config.version_policy)
-        for version in chosen:
-            served.versions[version] = ModelVersion(
-                config.name, version, on_disk[version], self._load_one(config), self._loaded
-            )
-        if not chosen:
-            served.problem = not_found(self._why_no_versions(config, on_disk))
         with self._lock:
             if config.name in self._models:
                 raise ValueError(f"model {config.name!r} is already served")
             self._models[config.name] = served
+        self._select_versions(served)
         if config.load == "eager":
-            for mv in served.versions.values():
-                mv.start_load(self._load_pool)
+            self._start_loads(served)
         return served
+
+    def load_model(self, name: str, config: ModelConfig | None = None) -> None:
+        """Load a served model now, rescanning its versions on disk (and taking ``config``, if
+        given). Versions its policy no longer selects are unloaded after the new ones have
+        loaded, so requests never find nothing to serve. Blocks until done."""
+        served = self.get(name)
+        if config is not None:
+            with self._lock:
+                served.config = config
+        retired = self._select_versions(served)
+        wait(self._start_loads(served, skip=retired))
+        self._retire(served, retired)
+
+    def unload_model(self, name: str) -> None:
+        """Unload every version of a model but keep it configured (its versions show END).
+        Blocks until in-flight requests have finished."""
+        for mv in list(self.get(name).versions.values()):
+            mv.unload()
+
+    def reconfigure(self, configs: list[ModelConfig]) -> None:
+        """Serve exactly ``configs``: add new models, reload changed ones, remove the rest.
+        Blocks until loads and unloads have ended."""
+        wanted = {config.name: config for config in configs}
+        with self._lock:
+            current = {name: served.config for name, served in self._models.items()}
+        for name in current.keys() - wanted.keys():
+            self.remove_model(name)
+        for name, config in wanted.items():
+            if name not in current:
+                self.add_model(config)
+            elif config != current[name]:
+                self.load_model(name, config)
+        self.wait_for_loads()
+
+    def _select_versions(self, served: ServedModel) -> list[ModelVersion]:
+        """Add a START version for each version the policy selects that is not already served
+        from the same path; return the versions no longer selected (still listed)."""
+        config = served.config
+        on_disk = list_versions(config.base_path)
+        chosen = versions_to_serve(on_disk, config.version_policy)
+        with self._lock:
+            served.problem = None if chosen else not_found(self._why_no_versions(config, on_disk))
+            retired = [mv for v, mv in served.versions.items() if v not in chosen]
+            for version in chosen:
+                current = served.versions.get(version)
+                if (
+                    current is None
+                    or current.state is State.END
+                    or current.path != on_disk[version]
+                ):
+                    if current is not None and current.state is not State.END:
+                        retired.append(current)
+                    served.versions[version] = ModelVersion(
+                        config.name, version, on_disk[version], self._load_one(config), self._loaded
+                    )
+        return retired
+
+    def _start_loads(
+        self, served: ServedModel, skip: list[ModelVersion] | None = None
+    ) -> list[Future[None]]:
+        with self._lock:
+            versions = [mv for mv in served.versions.values() if mv not in (skip or [])]
+        return [mv.start_load(self._load_pool) for mv in versions]
+
+    def _retire(self, served: ServedModel, retired: list[ModelVersion]) -> None:
+        with self._lock:
+            for mv in retired:
+                if served.versions.get(mv.version) is mv:
+                    del served.versions[mv.version]
+        for mv in retired:
+            mv.unload()
 
     @staticmethod
     def _why_no_versions(config: ModelConfig, on_disk: dict[int, Path]) -> str:

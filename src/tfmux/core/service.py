@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfmux.config import ModelConfig
 from tfmux.core.lifecycle import Lease, State
 from tfmux.core.manager import ModelManager
 from tfmux.core.observer import NullObserver, Observer
@@ -130,6 +131,38 @@ class ServingService:
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         return self.manager.statuses(name, version)
+
+    # -- management ------------------------------------------------------------------------
+
+    async def load_model(self, name: str) -> None:
+        """Load (or reload) a configured model and wait; raises its load error if no version
+        could be made AVAILABLE."""
+        await asyncio.get_running_loop().run_in_executor(None, self.manager.load_model, name)
+        statuses = self.manager.statuses(name)
+        if not any(s.state == "AVAILABLE" for s in statuses):
+            failed = [s for s in statuses if s.error_code != "OK"]
+            code = failed[0].error_code if failed else ErrorKind.UNAVAILABLE.value
+            kind = ErrorKind.__members__.get(code, ErrorKind.UNKNOWN)
+            detail = failed[0].error_message if failed else "no version is available"
+            raise ServingError(kind, f"failed to load model {name}: {detail}")
+
+    async def unload_model(self, name: str) -> None:
+        """Unload every version of a model, after its in-flight requests have finished."""
+        await asyncio.get_running_loop().run_in_executor(None, self.manager.unload_model, name)
+
+    async def reconfigure(self, configs: list[ModelConfig]) -> None:
+        """Serve exactly these models (TF Serving's HandleReloadConfigRequest)."""
+        await asyncio.get_running_loop().run_in_executor(None, self.manager.reconfigure, configs)
+
+    def repository_index(self) -> list[tuple[str, VersionStatus | None]]:
+        """Every configured model with each served version's status (None: no version)."""
+        index: list[tuple[str, VersionStatus | None]] = []
+        for served in sorted(self.manager.models(), key=lambda m: m.config.name):
+            statuses: list[VersionStatus | None] = [
+                mv.status() for _, mv in sorted(served.versions.items())
+            ]
+            index.extend((served.config.name, s) for s in statuses or [None])
+        return index
 
     def ready(self) -> bool:
         """Every eagerly loaded version has finished loading (successfully or not)."""

@@ -1,0 +1,45 @@
+"""The gRPC front end: one grpc.aio server on the event loop, carrying every gRPC service."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from tfmux.errors import ErrorKind, ServingError
+
+# Each service adds itself to the server (``add_XServicer_to_server``).
+Registrar = Callable[[grpc.aio.Server], None]
+
+GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
+    kind: getattr(grpc.StatusCode, kind.value) for kind in ErrorKind
+}
+
+
+async def start_grpc_server(
+    host: str, port: int, max_message_bytes: int, registrars: Sequence[Registrar]
+) -> tuple[grpc.aio.Server, int]:
+    """Start serving; returns the server and the port it bound (``port`` 0 picks one)."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    for register in registrars:
+        register(server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {address}")
+    await server.start()
+    return server, bound
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: ServingError) -> None:
+    """End an RPC with the gRPC status named like the error's kind."""
+    await context.abort(GRPC_STATUS[exc.kind], exc.message)
