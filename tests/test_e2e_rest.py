@@ -68,14 +68,18 @@ def test_tf2_predict_columnar_format_equals_tensorflow(http, model_root) -> None
     r = predict(http, "binary", {"inputs": {"x": ROWS}})
     assert r.status_code == 200, r.text
     expected = tf2_direct(model_root / "binary/1", {"x": np.array(ROWS, np.float32)})
-    np.testing.assert_array_equal(np.array(r.json()["outputs"], np.float32), expected["probability"])
+    np.testing.assert_array_equal(
+        np.array(r.json()["outputs"], np.float32), expected["probability"]
+    )
 
 
 def test_tf1_predict_equals_session_run(http, model_root) -> None:
     r = predict(http, "regression", {"inputs": {"x": ROWS}})
     assert r.status_code == 200, r.text
     expected = tf1_direct(
-        model_root / "regression/1", {"input_tensor:0": np.array(ROWS, np.float32)}, "output_tensor:0"
+        model_root / "regression/1",
+        {"input_tensor:0": np.array(ROWS, np.float32)},
+        "output_tensor:0",
     )
     np.testing.assert_array_equal(np.array(r.json()["outputs"], np.float32), expected)
 
@@ -129,7 +133,9 @@ def test_mixed_dtypes_and_strings(http, model_root) -> None:
     assert [row["s_upper"] for row in rows] == [s.decode() for s in expected["s_upper"]]
     assert [row["b_twice"] for row in rows] == expected["b_twice"].tolist()
     assert [row["s_len"] for row in rows] == expected["s_len"].tolist()
-    np.testing.assert_array_equal(np.array([row["sum"] for row in rows], np.float32), expected["sum"])
+    np.testing.assert_array_equal(
+        np.array([row["sum"] for row in rows], np.float32), expected["sum"]
+    )
 
 
 def test_classify_and_regress(http) -> None:
@@ -163,7 +169,7 @@ def test_classify_on_a_predict_signature_is_a_clear_400(http) -> None:
     assert_good(http)
 
 
-# -- versions and labels --------------------------------------------------------------------------
+# -- versions and labels --
 
 
 def test_versions_latest_specific_and_labels(http) -> None:
@@ -184,7 +190,11 @@ def test_status_lists_every_version(http) -> None:
     assert r.status_code == 200
     assert r.json() == {
         "model_version_status": [
-            {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            {
+                "version": v,
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
             for v in ("3", "2", "1")
         ]
     }
@@ -289,7 +299,7 @@ def test_wrong_http_method_is_405(http) -> None:
     assert r.headers["allow"] == "POST"
 
 
-# -- lazy loading -----------------------------------------------------------------------------------
+# -- lazy loading --
 
 
 def test_lazy_model_loads_once_on_concurrent_first_requests(http, e2e_server) -> None:
@@ -297,10 +307,14 @@ def test_lazy_model_loads_once_on_concurrent_first_requests(http, e2e_server) ->
     assert before == "START"
     with ThreadPoolExecutor(16) as pool:
         codes = list(
-            pool.map(lambda _: predict(http, "lazy_binary", {"instances": ROWS}).status_code, range(16))
+            pool.map(
+                lambda _: predict(http, "lazy_binary", {"instances": ROWS}).status_code, range(16)
+            )
         )
     assert codes == [200] * 16
-    assert http.get("/v1/models/lazy_binary").json()["model_version_status"][0]["state"] == "AVAILABLE"
+    assert (
+        http.get("/v1/models/lazy_binary").json()["model_version_status"][0]["state"] == "AVAILABLE"
+    )
     metrics = http.get("/metrics").text
     assert sample(metrics, "tfmux_model_loads_total", model="lazy_binary", code="OK") == 1.0
 
@@ -314,7 +328,7 @@ def test_lazy_load_failure_gives_every_request_the_error(http) -> None:
     assert status["state"] == "END" and "saved_model.pb" in status["status"]["error_message"]
 
 
-# -- health and metrics -----------------------------------------------------------------------------
+# -- health and metrics --
 
 
 def test_health_endpoints(http) -> None:

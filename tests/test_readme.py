@@ -1,5 +1,5 @@
 """The README contract: `tfmux serve` with no model source serves the demo models, and every
-curl line in the README works against it."""
+curl line in the README (and in docs/) works against it."""
 
 from __future__ import annotations
 
@@ -19,10 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.tf
 
 
+DOCS_WITH_CURL = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def readme_curl_lines() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
-    return [line for block in blocks for line in block.splitlines() if line.startswith("curl ")]
+    """Every curl line in a ```sh block of the README and the docs."""
+    lines = []
+    for page in DOCS_WITH_CURL:
+        blocks = re.findall(r"```sh\n(.*?)```", page.read_text(), re.S)
+        lines += [line for block in blocks for line in block.splitlines() if line.startswith("curl ")]
+    return lines
 
 
 @pytest.fixture(scope="module")

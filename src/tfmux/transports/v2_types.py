@@ -1,0 +1,129 @@
+"""KServe V2 / Open Inference Protocol facts shared by the REST and gRPC front ends:
+datatype names, tensor specs as V2 metadata, byte layout of BYTES tensors."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from tfmux.errors import invalid_argument
+from tfmux.types import Shape, SignatureSpec, TensorSpec, numpy_dtype
+
+DATATYPE_OF: dict[str, str] = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "bfloat16": "BF16",
+    "float32": "FP32",
+    "float64": "FP64",
+    "string": "BYTES",
+}
+DTYPE_OF: dict[str, str] = {v: k for k, v in DATATYPE_OF.items()}
+PLATFORM = "tensorflow_savedmodel"
+
+
+def dtype_of(datatype: str, tensor: str) -> str:
+    """The neutral dtype of a V2 datatype name, or INVALID_ARGUMENT naming the tensor."""
+    dtype = DTYPE_OF.get(datatype)
+    if dtype is None:
+        raise invalid_argument(
+            f"tensor '{tensor}': unknown datatype '{datatype}' "
+            f"(expected one of {', '.join(DATATYPE_OF.values())})"
+        )
+    return dtype
+
+
+def datatype_of(dtype: str) -> str:
+    return DATATYPE_OF[dtype]
+
+
+def v2_shape(shape: Shape | None) -> list[int]:
+    """V2 metadata shape: variable dimensions are -1; unknown rank is [-1]."""
+    if shape is None:
+        return [-1]
+    return [-1 if d is None else d for d in shape]
+
+
+def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": datatype_of(spec.dtype), "shape": v2_shape(spec.shape)}
+
+
+def model_metadata(
+    name: str, version: int, versions: list[int], signature: SignatureSpec
+) -> dict[str, Any]:
+    """The V2 model metadata of one signature (V2 has no notion of several)."""
+    return {
+        "name": name,
+        "versions": [str(v) for v in versions],
+        "platform": PLATFORM,
+        "inputs": [tensor_metadata(s) for s in _ordered(signature.inputs)],
+        "outputs": [tensor_metadata(s) for s in _ordered(signature.outputs)],
+    }
+
+
+def _ordered(specs: Mapping[str, TensorSpec]) -> list[TensorSpec]:
+    return [specs[k] for k in sorted(specs)]
+
+
+def element_count(shape: list[int], tensor: str) -> int:
+    """Elements a V2 shape holds; INVALID_ARGUMENT for negative dimensions."""
+    if any(d < 0 for d in shape):
+        raise invalid_argument(f"tensor '{tensor}': shape {shape} has a negative dimension")
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def from_raw(raw: bytes, datatype: str, shape: list[int], tensor: str) -> np.ndarray:
+    """A tensor from V2 raw bytes (little-endian, row-major; BYTES as 4-byte length + data)."""
+    dtype = dtype_of(datatype, tensor)
+    count = element_count(shape, tensor)
+    if dtype == "string":
+        return _bytes_from_raw(raw, count, tensor).reshape(shape)
+    np_dtype = numpy_dtype(dtype).newbyteorder("<")
+    if len(raw) != count * np_dtype.itemsize:
+        raise invalid_argument(
+            f"tensor '{tensor}': {len(raw)} bytes of raw data, but shape {shape} of {datatype} "
+            f"needs {count * np_dtype.itemsize}"
+        )
+    return np.frombuffer(raw, dtype=np_dtype).reshape(shape).astype(np_dtype.newbyteorder("="))
+
+
+def _bytes_from_raw(raw: bytes, count: int, tensor: str) -> np.ndarray:
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise invalid_argument(f"tensor '{tensor}': truncated BYTES length prefix")
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise invalid_argument(f"tensor '{tensor}': BYTES element runs past the data")
+        items.append(raw[offset : offset + size])
+        offset += size
+    if len(items) != count:
+        raise invalid_argument(
+            f"tensor '{tensor}': {len(items)} BYTES elements in raw data, shape needs {count}"
+        )
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array
+
+
+def to_raw(array: np.ndarray) -> bytes:
+    """V2 raw bytes of a tensor (the inverse of ``from_raw``)."""
+    if array.dtype.kind in ("O", "S", "U"):
+        parts = []
+        for item in array.reshape(-1):
+            data = item.encode() if isinstance(item, str) else bytes(item)
+            parts.append(struct.pack("<I", len(data)) + data)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()

@@ -1,0 +1,38 @@
+"""The configuration examples in docs/configuration.md are read by the real parsers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tfmux.config import load_tfs_config, load_yaml_config
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), re.S)
+
+
+def test_yaml_example_parses(tmp_path: Path) -> None:
+    (example,) = blocks("yaml")
+    path = tmp_path / "tfmux.yaml"
+    path.write_text(example)
+    server, models = load_yaml_config(path, "eager")
+    assert server["http_port"] == 8501
+    by_name = {m.name: m for m in models}
+    assert by_name["fraud"].version_policy.num_versions == 2
+    assert by_name["fraud"].base_path == tmp_path / "models" / "fraud"
+    assert by_name["churn"].load == "lazy" and by_name["churn"].labels == {"stable": 7}
+    assert by_name["legacy"].version_policy.versions == (1, 3)
+    assert by_name["legacy"].runtime == "tf1"
+
+
+def test_tf_serving_models_config_example_parses(tmp_path: Path) -> None:
+    (example,) = blocks("text")
+    path = tmp_path / "models.config"
+    path.write_text(example)
+    fraud, churn = load_tfs_config(path, "eager")
+    assert fraud.name == "fraud" and fraud.version_policy.num_versions == 2
+    assert fraud.labels == {"stable": 1}
+    assert churn.version_policy.versions == (7, 8)
