@@ -157,10 +157,21 @@ def select_outputs(spec: SignatureSpec, output_names: Sequence[str] | None) -> t
     return tuple(output_names)
 
 
+def model_failure(exc: tf.errors.OpError) -> ServingError:
+    """A model that raised while running: INTERNAL (the request was well formed; the model
+    failed), with TensorFlow's message without its noise."""
+    return ServingError(ErrorKind.INTERNAL, f"{type(exc).__name__}: {_clean(exc.message)}")
+
+
+def _clean(message: str) -> str:
+    lines = (line.strip() for line in message.splitlines())
+    return (
+        " ".join(line for line in lines if line and not line.startswith(_MESSAGE_NOISE)) or message
+    )
+
+
 def from_op_error(exc: tf.errors.OpError, prefix: str = "") -> ServingError:
     """A TensorFlow error as a ServingError of the same status code, without the preamble
     and stack trace lines TensorFlow adds to graph execution errors."""
-    lines = (line.strip() for line in exc.message.splitlines())
-    message = " ".join(line for line in lines if line and not line.startswith(_MESSAGE_NOISE))
     kind = _KIND_OF_CODE.get(exc.error_code, ErrorKind.INTERNAL)
-    return ServingError(kind, prefix + (message or exc.message))
+    return ServingError(kind, prefix + _clean(exc.message))

@@ -20,6 +20,7 @@ from tfmux.runtimes.savedmodel import (
     SERVE_TAG,
     find_signature,
     from_op_error,
+    model_failure,
     select_outputs,
     serve_meta_graph,
     signature_specs,
@@ -78,7 +79,10 @@ class TF1Model:
         run = self._callables.get(key)
         if run is None:
             run = self._make_callable(spec, key)
-        values = run(*inputs.values())
+        try:
+            values = run(*inputs.values())
+        except tf.errors.OpError as exc:
+            raise model_failure(exc) from exc
         return dict(zip(outputs, values, strict=True))
 
     def _make_callable(

@@ -15,6 +15,7 @@ from tfmux.runtimes.savedmodel import (
     SERVE_TAG,
     find_signature,
     from_op_error,
+    model_failure,
     select_outputs,
     serve_meta_graph,
     signature_specs,
@@ -56,14 +57,17 @@ class TF2Model:
         """Run ``signature`` with ``inputs`` keyed by alias; returns the requested outputs.
 
         String outputs come back as numpy object arrays of bytes. A model failure raises
-        TensorFlow's own error (``tf.errors.OpError``), which the core reports as INTERNAL.
+        INTERNAL ServingError with TensorFlow's message.
         """
         spec = find_signature(self._signatures, signature)
         outputs = select_outputs(spec, output_names)
         function = self._functions.get(signature)
         if function is None:
             raise failed_precondition(f"The model at {self._path} is closed")
-        result = function(**{alias: tf.constant(array) for alias, array in inputs.items()})
+        try:
+            result = function(**{alias: tf.constant(array) for alias, array in inputs.items()})
+        except tf.errors.OpError as exc:
+            raise model_failure(exc) from exc
         return {alias: result[alias].numpy() for alias in outputs}
 
     def close(self) -> None:
