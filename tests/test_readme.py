@@ -27,7 +27,9 @@ def readme_curl_lines() -> list[str]:
     lines = []
     for page in DOCS_WITH_CURL:
         blocks = re.findall(r"```sh\n(.*?)```", page.read_text(), re.S)
-        lines += [line for block in blocks for line in block.splitlines() if line.startswith("curl ")]
+        lines += [
+            line for block in blocks for line in block.splitlines() if line.startswith("curl ")
+        ]
     return lines
 
 

@@ -219,7 +219,7 @@ def test_classify_and_regress(load: Any) -> None:
 @pytest.mark.parametrize("kind", ["tf1", "tf2"])
 def test_failing_model_raises_then_recovers(load: Any, kind: str) -> None:
     model = load("failing", kind)
-    with pytest.raises(ServingError, match="InvalidArgumentError: .*x must be non-negative") as e:
+    with pytest.raises(ServingError, match=r"InvalidArgumentError: .*x must be non-negative") as e:
         model.run("serving_default", {"x": np.array([[4.0], [-1.0]], dtype=np.float32)})
     assert e.value.kind is ErrorKind.INTERNAL
     assert "Graph execution error" not in e.value.message
