@@ -224,6 +224,8 @@ class RecordingObserver:
         self._lock = threading.Lock()
         self.loads: list[LoadEvent] = []
         self.requests: list[RequestEvent] = []
+        self.batches: list[tuple[str, str, int, int]] = []  # (name, version, rows, requests)
+        self.dropped: list[tuple[str, str, str]] = []  # (name, version, reason)
 
     def model_loaded(self, name: str, version: int, seconds: float, error: str | None) -> None:
         assert seconds >= 0
@@ -236,6 +238,17 @@ class RecordingObserver:
         assert seconds >= 0
         with self._lock:
             self.requests.append(RequestEvent(name, version, method, error))
+
+    def batch_ran(
+        self, name: str, version: str, rows: int, requests: int, queue_seconds: list[float]
+    ) -> None:
+        assert len(queue_seconds) == requests and all(s >= 0 for s in queue_seconds)
+        with self._lock:
+            self.batches.append((name, version, rows, requests))
+
+    def request_dropped(self, name: str, version: str, reason: str) -> None:
+        with self._lock:
+            self.dropped.append((name, version, reason))
 
 
 def make_repository(root: Path, models: Mapping[str, Iterable[int]]) -> Path:

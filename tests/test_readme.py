@@ -37,7 +37,8 @@ def readme_curl_lines() -> list[str]:
 def demo_server(tmp_path_factory: pytest.TempPathFactory):
     cache = tmp_path_factory.mktemp("cache")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tfmux", "serve", "--http-port", "0", "--cache-dir", str(cache)],
+        [sys.executable, "-m", "tfmux", "serve", "--http-port", "0", "--grpc-port", "0"]
+        + ["--cache-dir", str(cache)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -57,8 +58,10 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory):
     if port is None:
         proc.kill()
         pytest.fail("server did not start:\n" + "".join(banner) + proc.stdout.read())
-    # the lines after the address name the served models
-    banner += [proc.stdout.readline(), proc.stdout.readline()]
+    # the lines after the addresses name the served models
+    while not ("binary" in banner[-1] or "regression" in banner[-1]):
+        banner.append(proc.stdout.readline())
+    banner.append(proc.stdout.readline())
     yield proc, port, "".join(banner)
     if proc.poll() is None:
         proc.kill()

@@ -67,6 +67,26 @@ class VersionPolicy:
         )
 
 
+class BatchingConfig(BaseModel):
+    """Dynamic batching of one model's requests (server-wide defaults, per-model override)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    max_batch_size: int = Field(default=32, ge=1)
+    batch_timeout_micros: int = Field(default=0, ge=0)
+    allowed_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = Field(default=1024, ge=1)
+    max_inflight_batches: int = Field(default=2, ge=1)
+
+    @field_validator("allowed_batch_sizes")
+    @classmethod
+    def _sizes(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if any(s < 1 for s in sizes):
+            raise ValueError("allowed_batch_sizes must be positive")
+        return tuple(sorted(set(sizes)))
+
+
 class ModelConfig(BaseModel):
     """One served model: where its versions live and how to serve them."""
 
@@ -78,6 +98,7 @@ class ModelConfig(BaseModel):
     load: Literal["eager", "lazy"] = "eager"
     runtime: Literal["auto", "tf1", "tf2"] = "auto"
     labels: dict[str, int] = Field(default_factory=dict)
+    batching: BatchingConfig | None = None  # None: the server's defaults
 
     @field_validator("name")
     @classmethod
@@ -113,6 +134,8 @@ class ServerConfig(BaseModel):
     max_grpc_message_bytes: int = Field(default=256 * MiB, gt=0)
     inference_threads: int = Field(default=4, ge=1)
     max_concurrent_loads: int = Field(default=2, ge=1)
+    request_timeout_ms: int | None = Field(default=None, gt=0)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
     models: list[ModelConfig] = Field(default_factory=list)
 
 

@@ -27,6 +27,7 @@ LATENCY_BUCKETS = (
     10.0,
     30.0,
 )
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -63,6 +64,34 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.batch_size = Histogram(
+            "tfmux_batch_size",
+            "Rows per batch run.",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_requests = Histogram(
+            "tfmux_batch_requests",
+            "Requests merged into one batch.",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_seconds = Histogram(
+            "tfmux_queue_seconds",
+            "Time a request waited in its model's batch queue.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.dropped = Counter(
+            "tfmux_requests_dropped",
+            "Queued requests dropped: queue_full (rejected), deadline (expired), cancelled.",
+            ["model", "version", "reason"],
+            registry=self.registry,
+        )
+
     def watch(self, manager: ModelManager) -> None:
         """Report model states read from ``manager`` at each scrape."""
         self.registry.register(_StateCollector(manager))
@@ -81,11 +110,25 @@ class Metrics:
         if error is None:
             self.latency.labels(name, version, method).observe(seconds)
 
+    def batch_ran(
+        self, name: str, version: str, rows: int, requests: int, queue_seconds: list[float]
+    ) -> None:
+        self.batch_size.labels(name, version).observe(rows)
+        self.batch_requests.labels(name, version).observe(requests)
+        queue = self.queue_seconds.labels(name, version)
+        for seconds in queue_seconds:
+            queue.observe(seconds)
+
+    def request_dropped(self, name: str, version: str, reason: str) -> None:
+        self.dropped.labels(name, version, reason).inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class _StateCollector(Collector):
+    """Reads model states and queue depths at scrape time (on the event loop)."""
+
     def __init__(self, manager: ModelManager) -> None:
         self._manager = manager
 
@@ -96,12 +139,21 @@ class _StateCollector(Collector):
             "1 for the state each served model version is in.",
             labels=["model", "version", "state"],
         )
+        depth = GaugeMetricFamily(
+            "tfmux_queue_depth",
+            "Requests waiting in a model version's batch queues.",
+            labels=["model", "version"],
+        )
         count = 0
         for served in self._manager.models():
             for version, mv in served.versions.items():
                 s = mv.state.value
                 count += s == "AVAILABLE"
-                state.add_metric([served.config.name, str(version), s], 1)
+                labels = [served.config.name, str(version)]
+                state.add_metric([*labels, s], 1)
+                queued = sum(b.statistics().queued for b in list(mv.batchers.values()))
+                depth.add_metric(labels, queued)
         loaded.add_metric([], count)
         yield loaded
         yield state
+        yield depth

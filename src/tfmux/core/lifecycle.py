@@ -8,6 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from tfmux.core.runtime import LoadedModel
 from tfmux.errors import ErrorKind, ServingError, unavailable
@@ -46,6 +47,11 @@ class Lease:
     @property
     def version(self) -> int:
         return self._owner.version
+
+    @property
+    def batchers(self) -> dict[Any, Any]:
+        """Per-version state the service keeps while the version is loaded (its batchers)."""
+        return self._owner.batchers
 
     def release(self) -> None:
         if not self._released:
@@ -87,6 +93,7 @@ class ModelVersion:
         self._load_future: Future[None] | None = None
         self.load_seconds: float | None = None
         self.last_used = time.monotonic()
+        self.batchers: dict[Any, Any] = {}  # owned by the service; dropped at unload
 
     @property
     def state(self) -> State:
@@ -189,6 +196,7 @@ class ModelVersion:
             while self._leases:
                 self._cond.wait()
             model, self._model = self._model, None
+            self.batchers = {}
         try:
             if model is not None:
                 model.close()

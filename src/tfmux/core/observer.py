@@ -16,9 +16,25 @@ class Observer(Protocol):
     ) -> None:
         """A request ended; ``version`` is "" when none was resolved, ``error`` a kind name."""
 
+    def batch_ran(
+        self, name: str, version: str, rows: int, requests: int, queue_seconds: list[float]
+    ) -> None:
+        """A batch of ``requests`` requests (``rows`` rows) started; each waited so long."""
+
+    def request_dropped(self, name: str, version: str, reason: str) -> None:
+        """A queued request was dropped: "queue_full", "deadline" or "cancelled"."""
+
 
 class NullObserver:
     """Reports nothing."""
+
+    def batch_ran(
+        self, name: str, version: str, rows: int, requests: int, queue_seconds: list[float]
+    ) -> None:
+        pass
+
+    def request_dropped(self, name: str, version: str, reason: str) -> None:
+        pass
 
     def model_loaded(self, name: str, version: int, seconds: float, error: str | None) -> None:
         pass

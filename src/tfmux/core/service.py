@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -10,12 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfmux.config import ModelConfig
+from tfmux.config import BatchingConfig, ModelConfig
 from tfmux.core.lifecycle import Lease, State
 from tfmux.core.manager import ModelManager
 from tfmux.core.observer import NullObserver, Observer
+from tfmux.core.runner import ModelRunner
 from tfmux.core.validation import validate_inputs
-from tfmux.errors import ErrorKind, ServingError, internal, invalid_argument
+from tfmux.errors import ErrorKind, ServingError, invalid_argument
 from tfmux.types import (
     DEFAULT_SIGNATURE,
     InferenceResult,
@@ -44,10 +46,22 @@ class ServingService:
         manager: ModelManager,
         inference_threads: int = 4,
         observer: Observer | None = None,
+        batching: BatchingConfig | None = None,
+        request_timeout: float | None = None,
     ) -> None:
         self.manager = manager
         self._observer = observer or NullObserver()
         self._pool = ThreadPoolExecutor(inference_threads, thread_name_prefix="tfmux-infer")
+        self._batching = batching or BatchingConfig()
+        self._request_timeout = request_timeout
+        self._runner = ModelRunner(self._pool, self._batching_for, self._observer)
+
+    def _batching_for(self, name: str) -> BatchingConfig:
+        with contextlib.suppress(ServingError):
+            own = self.manager.get(name).config.batching
+            if own is not None:
+                return own
+        return self._batching
 
     def close(self) -> None:
         """Wait for running inferences, then unload every model."""
@@ -63,21 +77,27 @@ class ServingService:
         output_names: Sequence[str] | None = None,
         method: str = "predict",
         method_name: str | None = None,
+        deadline: float | None = None,
     ) -> InferenceResult:
         """Run one request against the version ``ref`` names.
 
         ``inputs`` is either the tensors, or a decoder that builds them once the signature is
         known (for formats such as JSON whose values carry no dtype). ``method_name``, when
         given, is the signature method the request needs (classify / regress). ``method``
-        labels the request in metrics.
+        labels the request in metrics. ``deadline`` (``time.monotonic()`` seconds; default:
+        the server's request timeout) bounds the wait for a lazy load and in the batch queue.
         """
         started = time.perf_counter()
+        if deadline is None and self._request_timeout is not None:
+            deadline = time.monotonic() + self._request_timeout
         version = ""
         error: str | None = None
         try:
-            with await self.manager.lease(ref) as lease:
+            with await self._lease(ref, deadline) as lease:
                 version = str(lease.version)
-                return await self._run(lease, inputs, signature_name, output_names, method_name)
+                return await self._run(
+                    lease, inputs, signature_name, output_names, method_name, deadline
+                )
         except ServingError as exc:
             error = exc.kind.value
             raise
@@ -98,6 +118,7 @@ class ServingService:
         signature_name: str,
         output_names: Sequence[str] | None,
         method_name: str | None,
+        deadline: float | None,
     ) -> InferenceResult:
         signature = signature_of(lease, signature_name or DEFAULT_SIGNATURE)
         if method_name is not None and signature.method_name != method_name:
@@ -113,16 +134,20 @@ class ServingService:
                     f"output '{name}' is not an output of signature '{signature.name}' "
                     f"(outputs: {', '.join(sorted(signature.outputs))})"
                 )
-        loop = asyncio.get_running_loop()
-        try:
-            outputs = await loop.run_in_executor(
-                self._pool, lease.model.run, signature.name, tensors, wanted
-            )
-        except ServingError:
-            raise
-        except Exception as exc:  # model code failed: report it, keep serving
-            raise internal(f"{type(exc).__name__}: {_first_lines(str(exc))}") from exc
+        outputs = await self._runner.run(lease, signature, tensors, wanted, deadline)
         return InferenceResult(lease.name, lease.version, signature, outputs)
+
+    async def _lease(self, ref: ModelRef, deadline: float | None) -> Lease:
+        if deadline is None:
+            return await self.manager.lease(ref)
+        try:
+            return await asyncio.wait_for(
+                self.manager.lease(ref), max(deadline - time.monotonic(), 0)
+            )
+        except TimeoutError:
+            raise ServingError(
+                ErrorKind.DEADLINE_EXCEEDED, f"deadline exceeded waiting for model {ref.name}"
+            ) from None
 
     async def metadata(self, ref: ModelRef) -> ModelMetadata:
         """Signatures of the version ``ref`` names (loads a lazy model)."""
@@ -182,10 +207,6 @@ def signature_of(lease: Lease, name: str) -> SignatureSpec:
             f"(model {lease.name} version {lease.version} has: {available})"
         )
     return signature
-
-
-def _first_lines(text: str, limit: int = 2000) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 __all__ = ["InputDecoder", "Inputs", "ModelMetadata", "ServingService"]

@@ -6,6 +6,8 @@ status codes. Protocol handlers (TF Serving /v1, KServe /v2) live in their own m
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -78,8 +80,12 @@ class RestApp:
         headers = dict(scope["headers"])
         try:
             handler = self._match(method, path)
-            body = await self._read_body(headers, receive) if method in ("POST", "PUT") else b""
-            response = await handler(Request(method, path, headers, body))
+            if method in ("POST", "PUT"):
+                body = await self._read_body(headers, receive)
+                request = Request(method, path, headers, body)
+                response = await _unless_disconnected(handler(request), receive)
+            else:
+                response = await handler(Request(method, path, headers))
         except ServingError as exc:
             response = error_response(exc)
         except Exception as exc:  # a bug must answer 500, not drop the connection
@@ -128,6 +134,22 @@ class RestApp:
             f"request body of {size} bytes exceeds the limit of {self._max_body} bytes "
             "(--max-body-size)"
         )
+
+
+async def _unless_disconnected(work: Awaitable[Response], receive: Any) -> Response:
+    """Run a handler; if the client disconnects first, cancel it (dropping queued work)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(receive())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ServingError):
+            await task
+        raise ServingError(ErrorKind.CANCELLED, "client disconnected")
+    return task.result()
 
 
 class PayloadTooLarge(ServingError):

@@ -1,0 +1,337 @@
+"""Dynamic batching for one model version and signature.
+
+Concurrent requests are merged along dimension 0 up to ``max_batch_size``, run as one call,
+and split back so each caller gets exactly its rows. Requests whose other dimensions or dtypes
+differ are never merged. When the model is idle a request runs at once; while batches run,
+arrivals queue and form the next batch. The queue is bounded (a full queue rejects at once),
+a request past its deadline is dropped without running, and a cancelled caller's queued work
+is dropped.
+
+A Batcher lives on one event loop; the model runs in the executor it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tfmux.errors import ErrorKind, ServingError
+from tfmux.types import SignatureSpec
+
+Tensors = Mapping[str, np.ndarray]
+RunBatch = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """How one model version batches. Times in seconds; sizes in rows, queue in requests."""
+
+    enabled: bool = True
+    max_batch_size: int = 32
+    batch_timeout: float = 0.0
+    allowed_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 1024
+    max_inflight_batches: int = 1
+
+
+@dataclass
+class BatcherStatistics:
+    """Counters since the batcher was created (``queued`` is the current queue length)."""
+
+    requests: int = 0
+    batches: int = 0
+    rows: int = 0
+    padded_rows: int = 0
+    rejected: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    queued: int = 0
+    inflight_batches: int = 0
+
+
+class BatchObserver:
+    """What a batcher reports as it works (metrics implement it); the default reports nothing."""
+
+    def batch_ran(self, rows: int, requests: int, queue_seconds: list[float]) -> None:
+        pass
+
+    def request_dropped(self, reason: str) -> None:
+        """``reason`` is "queue_full", "deadline" or "cancelled"."""
+
+
+_QUEUED, _RUNNING, _DONE = 0, 1, 2
+
+
+class _Item:
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "rows", "state")
+
+    def __init__(self, inputs: Tensors, key: Any, rows: int, deadline: float | None, now: float):
+        self.inputs = inputs
+        self.key = key
+        self.rows = rows
+        self.deadline = deadline
+        self.enqueued = now
+        self.state = _QUEUED
+        self.future: asyncio.Future[dict[str, np.ndarray]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+
+def batchable(signature: SignatureSpec) -> bool:
+    """A signature can be batched when every input and output has a variable dimension 0."""
+    specs = [*signature.inputs.values(), *signature.outputs.values()]
+    return all(s.shape is not None and len(s.shape) >= 1 and s.shape[0] is None for s in specs)
+
+
+class Batcher:
+    """Merges concurrent requests for one version + signature. Not thread-safe: use it from
+    its event loop only. ``run`` is the blocking model call, given merged inputs."""
+
+    def __init__(
+        self,
+        run: RunBatch,
+        executor: Executor,
+        options: BatchingOptions,
+        can_batch: bool,
+        observer: BatchObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._run = run
+        self._executor = executor
+        self.options = options
+        self._can_batch = can_batch and options.enabled
+        self._observer = observer or BatchObserver()
+        self._clock = clock
+        self._queue: deque[_Item] = deque()
+        self._inflight: set[asyncio.Future[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._stats = BatcherStatistics()
+
+    def statistics(self) -> BatcherStatistics:
+        stats = BatcherStatistics(**vars(self._stats))
+        stats.queued = sum(1 for item in self._queue if item.state == _QUEUED)
+        stats.inflight_batches = len(self._inflight)
+        return stats
+
+    async def submit(self, inputs: Tensors, deadline: float | None = None) -> dict[str, Any]:
+        """Queue one request and wait for its rows of the outputs.
+
+        ``deadline`` is on this batcher's clock. Raises RESOURCE_EXHAUSTED when the queue is
+        full and DEADLINE_EXCEEDED when the deadline passes before the request ran.
+        """
+        now = self._clock()
+        if deadline is not None and deadline <= now:
+            raise self._dropped("deadline", _deadline_error())
+        if len(self._queue) >= self.options.max_queue_size:
+            self._queue = deque(item for item in self._queue if item.state == _QUEUED)
+            if len(self._queue) >= self.options.max_queue_size:
+                raise self._dropped("queue_full", _queue_full(self.options.max_queue_size))
+        item = _Item(inputs, *self._key(inputs), deadline, now)
+        self._stats.requests += 1
+        self._queue.append(item)
+        self._dispatch()
+        try:
+            if deadline is None:
+                return await item.future
+            timeout = deadline - self._clock()
+            return await asyncio.wait_for(asyncio.shield(item.future), max(timeout, 0))
+        except TimeoutError:
+            if item.state != _QUEUED:
+                return await item.future  # already running: its answer is on the way
+            item.state = _DONE
+            raise self._dropped("deadline", _deadline_error()) from None
+        except asyncio.CancelledError:
+            if item.state == _QUEUED:
+                item.state = _DONE
+                self._stats.cancelled += 1
+                self._observer.request_dropped("cancelled")
+            raise
+
+    async def drain(self) -> None:
+        """Wait until every batch already running has finished."""
+        while self._inflight:
+            await asyncio.wait(set(self._inflight))
+
+    def _key(self, inputs: Tensors) -> tuple[Any, int]:
+        """(merge key, rows): requests merge only with equal keys; None never merges."""
+        arrays = list(inputs.values())
+        if not self._can_batch or not arrays or any(a.ndim == 0 for a in arrays):
+            return None, 1
+        rows = arrays[0].shape[0]
+        if any(a.shape[0] != rows for a in arrays) or rows > self.options.max_batch_size:
+            return None, max(rows, 1)
+        return tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()), rows
+
+    def _dispatch(self) -> None:
+        """Start batches while there is queued work and room in flight."""
+        while len(self._inflight) < self.options.max_inflight_batches:
+            batch = self._take_batch()
+            if not batch:
+                return
+            self._start(batch)
+
+    def _take_batch(self) -> list[_Item]:
+        now = self._clock()
+        queue = self._queue
+        while queue and queue[0].state != _QUEUED:
+            queue.popleft()
+        while queue and queue[0].deadline is not None and queue[0].deadline <= now:
+            self._expire(queue.popleft())
+            while queue and queue[0].state != _QUEUED:
+                queue.popleft()
+        if not queue:
+            return []
+        first = queue.popleft()
+        batch, rows = [first], first.rows
+        if first.key is not None:
+            rows = self._gather(batch, rows, now)
+            if self._should_wait(first, rows, now):
+                for item in reversed(batch):
+                    queue.appendleft(item)
+                return []
+        return batch
+
+    def _gather(self, batch: list[_Item], rows: int, now: float) -> int:
+        """Move queued items with the first item's key into ``batch`` while they fit."""
+        key, limit = batch[0].key, self.options.max_batch_size
+        kept: deque[_Item] = deque()
+        for item in self._queue:
+            if item.state != _QUEUED:
+                continue
+            if item.deadline is not None and item.deadline <= now:
+                self._expire(item)
+            elif item.key == key and rows + item.rows <= limit:
+                batch.append(item)
+                rows += item.rows
+            else:
+                kept.append(item)
+        self._queue = kept
+        return rows
+
+    def _should_wait(self, first: _Item, rows: int, now: float) -> bool:
+        """With a batch timeout, hold a part-full batch until the oldest request's wait ends."""
+        timeout = self.options.batch_timeout
+        if timeout <= 0 or rows >= self.options.max_batch_size:
+            return False
+        remaining = first.enqueued + timeout - now
+        if remaining <= 0:
+            return False
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(remaining, self._on_timer)
+        return True
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _expire(self, item: _Item) -> None:
+        item.state = _DONE
+        if not item.future.done():
+            item.future.set_exception(self._dropped("deadline", _deadline_error()))
+
+    def _dropped(self, reason: str, error: ServingError) -> ServingError:
+        if reason == "deadline":
+            self._stats.expired += 1
+        elif reason == "queue_full":
+            self._stats.rejected += 1
+        self._observer.request_dropped(reason)
+        return error
+
+    def _start(self, batch: list[_Item]) -> None:
+        now = self._clock()
+        for item in batch:
+            item.state = _RUNNING
+        rows = sum(item.rows for item in batch)
+        merged, padded = self._merge(batch, rows)
+        self._stats.batches += 1
+        self._stats.rows += rows
+        self._stats.padded_rows += padded - rows
+        self._observer.batch_ran(rows, len(batch), [now - item.enqueued for item in batch])
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, merged)
+        self._inflight.add(future)
+        future.add_done_callback(lambda done: self._finish(done, batch))
+
+    def _merge(self, batch: list[_Item], rows: int) -> tuple[dict[str, np.ndarray], int]:
+        if len(batch) == 1 and batch[0].key is None:
+            return dict(batch[0].inputs), rows
+        padded = self._padded_size(rows)
+        merged = {}
+        for name in batch[0].inputs:
+            parts = [item.inputs[name] for item in batch]
+            if padded > rows:
+                last = parts[-1][-1:]
+                parts.append(np.repeat(last, padded - rows, axis=0))
+            merged[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return merged, padded
+
+    def _padded_size(self, rows: int) -> int:
+        sizes = [s for s in sorted(self.options.allowed_batch_sizes) if s >= rows]
+        return sizes[0] if sizes else rows
+
+    def _finish(self, done: asyncio.Future[dict[str, np.ndarray]], batch: list[_Item]) -> None:
+        self._inflight.discard(done)
+        try:
+            outputs = done.result()
+        except BaseException as exc:  # the model failed: every caller in the batch hears it
+            for item in batch:
+                _settle(item, exception=exc)
+        else:
+            self._split(outputs, batch)
+        self._dispatch()
+
+    def _split(self, outputs: dict[str, np.ndarray], batch: list[_Item]) -> None:
+        if len(batch) == 1 and batch[0].key is None:
+            _settle(batch[0], result=outputs)
+            return
+        offset = 0
+        total = sum(item.rows for item in batch)
+        for item in batch:
+            part = {}
+            for name, value in outputs.items():
+                if value.ndim == 0 or value.shape[0] < total:
+                    error = ServingError(
+                        ErrorKind.INTERNAL,
+                        f"output '{name}' has shape {list(value.shape)}, which cannot be split "
+                        f"into the {total} rows of a batch",
+                    )
+                    _settle(item, exception=error)
+                    break
+                part[name] = value[offset : offset + item.rows]
+            else:
+                _settle(item, result=part)
+            offset += item.rows
+
+
+def _settle(
+    item: _Item,
+    result: dict[str, np.ndarray] | None = None,
+    exception: BaseException | None = None,
+) -> None:
+    item.state = _DONE
+    if item.future.done():
+        return
+    if exception is not None:
+        item.future.set_exception(exception)
+    else:
+        item.future.set_result(result or {})
+
+
+def _deadline_error() -> ServingError:
+    return ServingError(
+        ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded before the request could run"
+    )
+
+
+def _queue_full(size: int) -> ServingError:
+    return ServingError(
+        ErrorKind.RESOURCE_EXHAUSTED,
+        f"the model's request queue is full ({size} requests waiting); retry later",
+    )
