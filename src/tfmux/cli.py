@@ -93,6 +93,42 @@ def main() -> None:
     help="Log verbosity.  [default: info]",
 )
 @click.option(
+    "--request-timeout-ms",
+    type=int,
+    default=None,
+    help="Default deadline of a request; queued requests past it get DEADLINE_EXCEEDED / 504.",
+)
+@click.option(
+    "--batching/--no-batching",
+    default=None,
+    help="Merge concurrent requests to a model into batches.  [default: on]",
+)
+@click.option("--max-batch-size", type=int, default=None, help="Rows per batch.  [default: 32]")
+@click.option(
+    "--batch-timeout-micros",
+    type=int,
+    default=None,
+    help="How long a part-full batch may wait for more requests.  [default: 0]",
+)
+@click.option(
+    "--max-queue-size",
+    type=int,
+    default=None,
+    help="Requests that may wait per model; more get RESOURCE_EXHAUSTED / 429.  [default: 1024]",
+)
+@click.option("--tf-intra-op-threads", type=int, default=None, help="TensorFlow intra-op threads.")
+@click.option("--tf-inter-op-threads", type=int, default=None, help="TensorFlow inter-op threads.")
+@click.option(
+    "--gpu-memory-growth/--no-gpu-memory-growth",
+    default=None,
+    help="Let GPU memory grow on demand instead of mapping it all at once.  [default: on]",
+)
+@click.option(
+    "--gpu-memory-limit",
+    default=None,
+    help="Cap the memory TensorFlow uses on each GPU, e.g. 4GiB (overrides memory growth).",
+)
+@click.option(
     "--cache-dir",
     type=click.Path(path_type=Path),
     default=None,
@@ -107,6 +143,11 @@ def serve(
     load: str,
     cache_dir: Path | None,
     max_body_size: str | None,
+    gpu_memory_limit: str | None,
+    batching: bool | None,
+    max_batch_size: int | None,
+    batch_timeout_micros: int | None,
+    max_queue_size: int | None,
     **overrides: Any,
 ) -> None:
     """Serve models over TF Serving's REST API, with health and metrics.
@@ -123,11 +164,19 @@ def serve(
     try:
         if max_body_size is not None:
             overrides["max_body_bytes"] = parse_size(max_body_size)
+        if gpu_memory_limit is not None:
+            overrides["gpu_memory_limit_mb"] = max(1, parse_size(gpu_memory_limit) // 2**20)
+        batching_overrides = {
+            "enabled": batching,
+            "max_batch_size": max_batch_size,
+            "batch_timeout_micros": batch_timeout_micros,
+            "max_queue_size": max_queue_size,
+        }
         if sources.empty():
             demo_root = (cache_dir or default_cache_dir()) / "demo-models"
             write_demo_models(demo_root)
             sources.repositories.append(demo_root)
-        config = build_config(sources, overrides)
+        config = build_config(sources, overrides, batching_overrides)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     logging.basicConfig(
@@ -154,7 +203,8 @@ def _run(coro: Any) -> None:
 
 def _announce(server: Any) -> None:
     config = server.config
-    lines = [f"tfmux listening on http://{config.host}:{server.http_port} (REST)"]
+    lines = [server.runtime_report] if server.runtime_report else []
+    lines.append(f"tfmux listening on http://{config.host}:{server.http_port} (REST)")
     if server.grpc_port is not None:
         lines.append(f"tfmux listening on {config.host}:{server.grpc_port} (gRPC)")
     for served in server.manager.models():

@@ -135,6 +135,10 @@ class ServerConfig(BaseModel):
     inference_threads: int = Field(default=4, ge=1)
     max_concurrent_loads: int = Field(default=2, ge=1)
     request_timeout_ms: int | None = Field(default=None, gt=0)
+    tf_intra_op_threads: int | None = Field(default=None, ge=1)
+    tf_inter_op_threads: int | None = Field(default=None, ge=1)
+    gpu_memory_growth: bool = True
+    gpu_memory_limit_mb: int | None = Field(default=None, ge=1)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     models: list[ModelConfig] = Field(default_factory=list)
 
@@ -265,7 +269,11 @@ def models_from_tfs_message(message: Any, base_dir: Path, load: str) -> list[Mod
     return models
 
 
-def build_config(sources: ModelSources, overrides: dict[str, Any]) -> ServerConfig:
+def build_config(
+    sources: ModelSources,
+    overrides: dict[str, Any],
+    batching_overrides: dict[str, Any] | None = None,
+) -> ServerConfig:
     """Merge every model source and the server settings (command line wins over files)."""
     settings: dict[str, Any] = {}
     models: list[ModelConfig] = []
@@ -284,6 +292,9 @@ def build_config(sources: ModelSources, overrides: dict[str, Any]) -> ServerConf
             raise ConfigError(f"model {model.name!r} is configured more than once")
         seen.add(model.name)
     settings.update({k: v for k, v in overrides.items() if v is not None})
+    batching = {k: v for k, v in (batching_overrides or {}).items() if v is not None}
+    if batching:
+        settings["batching"] = {**(settings.get("batching") or {}), **batching}
     settings["models"] = models
     try:
         return ServerConfig(**settings)
