@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tfmux.config import load_tfs_config, load_yaml_config
+from tfmux.config import ServerConfig, load_tfs_config, load_yaml_config
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -36,3 +36,18 @@ def test_tf_serving_models_config_example_parses(tmp_path: Path) -> None:
     assert fraud.name == "fraud" and fraud.version_policy.num_versions == 2
     assert fraud.labels == {"stable": 1}
     assert churn.version_policy.versions == (7, 8)
+
+
+def test_batching_example_parses(tmp_path: Path) -> None:
+    text = (DOC.parent / "batching.md").read_text()
+    (example,) = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    path = tmp_path / "tfmux.yaml"
+    path.write_text(example)
+    server, models = load_yaml_config(path, "eager")
+    config = ServerConfig(**server, models=models)
+    assert config.request_timeout_ms == 2000
+    assert config.batching.max_batch_size == 32
+    ranker, tiny = config.models
+    assert ranker.batching is not None and ranker.batching.allowed_batch_sizes == (8, 16, 32, 64)
+    assert ranker.batching.batch_timeout_micros == 500
+    assert tiny.batching is not None and not tiny.batching.enabled
