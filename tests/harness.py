@@ -17,7 +17,9 @@ class BackgroundServer:
     """A server with its own event loop thread. Use as a context manager."""
 
     def __init__(self, config: ServerConfig, **kwargs: Any) -> None:
-        self.server = TfmuxServer(config.model_copy(update={"http_port": 0, "grpc_port": 0}), **kwargs)
+        self.server = TfmuxServer(
+            config.model_copy(update={"http_port": 0, "grpc_port": 0}), **kwargs
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.tf
 
 
+SERVE = [sys.executable, "-m", "tfmux", "serve"]
 DOCS_WITH_CURL = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
@@ -37,8 +38,7 @@ def readme_curl_lines() -> list[str]:
 def demo_server(tmp_path_factory: pytest.TempPathFactory):
     cache = tmp_path_factory.mktemp("cache")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tfmux", "serve", "--http-port", "0", "--grpc-port", "0"]
-        + ["--cache-dir", str(cache)],
+        [*SERVE, "--http-port", "0", "--grpc-port", "0", "--cache-dir", str(cache)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

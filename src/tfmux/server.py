@@ -14,24 +14,50 @@ import grpc
 import uvicorn
 
 from tfmux.config import ModelConfig, ServerConfig
-from tfmux.core.manager import ModelManager
+from tfmux.core.manager import ModelLoader, ModelManager
 from tfmux.core.runtime import LoadedModel
 from tfmux.core.service import ServingService
 from tfmux.metrics import CONTENT_TYPE, Metrics
+from tfmux.transports import openapi
 from tfmux.transports.grpc_server import Registrar, start_grpc_server
 from tfmux.transports.ops_rest import OpsRest
 from tfmux.transports.rest import RestApp, Route
+from tfmux.transports.tfs_grpc import TfServingGrpc
 from tfmux.transports.tfs_rest import TfServingRest
+from tfmux.transports.v2_grpc import KServeGrpc
+from tfmux.transports.v2_rest import KServeRest
 
 log = logging.getLogger("tfmux")
 GRACE_SECONDS = 30  # how long shutdown waits for in-flight requests
 
 
-def load_saved_model(config: ModelConfig, path: Path) -> LoadedModel:
+def saved_model_loader(server: ServerConfig) -> ModelLoader:
     """The production loader: TensorFlow runtimes, imported on first load."""
-    from tfmux.runtimes import load_model
+    session = {
+        "intra_op_threads": server.tf_intra_op_threads,
+        "inter_op_threads": server.tf_inter_op_threads,
+    }
 
-    return load_model(path, config.runtime)
+    def load(config: ModelConfig, path: Path) -> LoadedModel:
+        from tfmux.runtimes import load_model
+
+        return load_model(path, config.runtime, **session)
+
+    return load
+
+
+def configure_tensorflow(server: ServerConfig) -> str:
+    """Apply the process-wide TensorFlow settings; returns what was applied."""
+    from tfmux.runtimes.tfconfig import TensorFlowOptions, configure_tensorflow
+
+    return configure_tensorflow(
+        TensorFlowOptions(
+            server.tf_intra_op_threads,
+            server.tf_inter_op_threads,
+            server.gpu_memory_growth,
+            server.gpu_memory_limit_mb,
+        )
+    )
 
 
 class _UvicornServer(uvicorn.Server):
@@ -48,17 +74,32 @@ class TfmuxServer:
     def __init__(
         self,
         config: ServerConfig,
-        loader: Callable[[ModelConfig, Path], LoadedModel] = load_saved_model,
+        loader: ModelLoader | None = None,
     ) -> None:
+        """``loader`` replaces TensorFlow (tests); without it TensorFlow is configured at start."""
         self.config = config
+        self._uses_tensorflow = loader is None
+        loader = loader or saved_model_loader(config)
+        self.runtime_report = ""
         self.metrics = Metrics()
         self.manager = ModelManager(loader, config.max_concurrent_loads, self.metrics)
         self.metrics.watch(self.manager)
-        self.service = ServingService(self.manager, config.inference_threads, self.metrics)
+        timeout = config.request_timeout_ms / 1000 if config.request_timeout_ms else None
+        self.service = ServingService(
+            self.manager, config.inference_threads, self.metrics, config.batching, timeout
+        )
         ops = OpsRest(self.service.ready, self.metrics.render, CONTENT_TYPE)
         # Every front end: REST routes (first match wins) and gRPC services.
-        rest_routes: list[Route] = [TfServingRest(self.service).route, ops.route]
-        self.grpc_registrars: list[Registrar] = []
+        rest_routes: list[Route] = [
+            TfServingRest(self.service).route,
+            KServeRest(self.service).route,
+            openapi.route,
+            ops.route,
+        ]
+        self.grpc_registrars: list[Registrar] = [
+            TfServingGrpc(self.service).register,
+            KServeGrpc(self.service).register,
+        ]
         self.rest_app = RestApp(rest_routes, config.max_body_bytes)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
@@ -67,7 +108,13 @@ class TfmuxServer:
         self._http_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Add the configured models (eager loads begin) and open the REST port."""
+        """Add the configured models (eager loads begin) and open the ports."""
+        if self._uses_tensorflow:
+            loop = asyncio.get_running_loop()
+            self.runtime_report = await loop.run_in_executor(
+                None, configure_tensorflow, self.config
+            )
+            log.info("%s", self.runtime_report)
         for model in self.config.models:
             self.manager.add_model(model)
         sock = _bind(self.config.host, self.config.http_port)

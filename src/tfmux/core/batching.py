@@ -193,8 +193,8 @@ class Batcher:
         if first.key is not None:
             rows = self._gather(batch, rows, now)
             if self._should_wait(first, rows, now):
-                for item in reversed(batch):
-                    queue.appendleft(item)
+                for item in reversed(batch):  # _gather replaced self._queue: put back there
+                    self._queue.appendleft(item)
                 return []
         return batch
 
@@ -262,12 +262,12 @@ class Batcher:
     def _merge(self, batch: list[_Item], rows: int) -> tuple[dict[str, np.ndarray], int]:
         if len(batch) == 1 and batch[0].key is None:
             return dict(batch[0].inputs), rows
-        padded = self._padded_size(rows)
+        padded = self._padded_size(rows) if rows else rows  # no real row to pad with
         merged = {}
         for name in batch[0].inputs:
             parts = [item.inputs[name] for item in batch]
             if padded > rows:
-                last = parts[-1][-1:]
+                last = next(part for part in reversed(parts) if len(part))[-1:]
                 parts.append(np.repeat(last, padded - rows, axis=0))
             merged[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return merged, padded

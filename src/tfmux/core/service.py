@@ -84,12 +84,13 @@ class ServingService:
         ``inputs`` is either the tensors, or a decoder that builds them once the signature is
         known (for formats such as JSON whose values carry no dtype). ``method_name``, when
         given, is the signature method the request needs (classify / regress). ``method``
-        labels the request in metrics. ``deadline`` (``time.monotonic()`` seconds; default:
+        labels the request in metrics. ``deadline`` (``time.monotonic()`` seconds, capped by
         the server's request timeout) bounds the wait for a lazy load and in the batch queue.
         """
         started = time.perf_counter()
-        if deadline is None and self._request_timeout is not None:
-            deadline = time.monotonic() + self._request_timeout
+        if self._request_timeout is not None:
+            default = time.monotonic() + self._request_timeout
+            deadline = default if deadline is None else min(deadline, default)
         version = ""
         error: str | None = None
         try:

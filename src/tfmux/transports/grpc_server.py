@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -43,3 +44,9 @@ async def start_grpc_server(
 async def abort_with(context: grpc.aio.ServicerContext, exc: ServingError) -> None:
     """End an RPC with the gRPC status named like the error's kind."""
     await context.abort(GRPC_STATUS[exc.kind], exc.message)
+
+
+def grpc_deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's gRPC deadline as ``time.monotonic()`` seconds, if it set one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining

@@ -4,6 +4,7 @@ datatype names, tensor specs as V2 metadata, byte layout of BYTES tensors."""
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,7 +80,10 @@ def element_count(shape: list[int], tensor: str) -> int:
     """Elements a V2 shape holds; INVALID_ARGUMENT for negative dimensions."""
     if any(d < 0 for d in shape):
         raise invalid_argument(f"tensor '{tensor}': shape {shape} has a negative dimension")
-    return int(np.prod(shape, dtype=np.int64))
+    count = 1
+    for d in shape:
+        count *= int(d)  # Python ints: no silent overflow
+    return count
 
 
 def from_raw(raw: bytes, datatype: str, shape: list[int], tensor: str) -> np.ndarray:
@@ -94,6 +98,11 @@ def from_raw(raw: bytes, datatype: str, shape: list[int], tensor: str) -> np.nda
             f"tensor '{tensor}': {len(raw)} bytes of raw data, but shape {shape} of {datatype} "
             f"needs {count * np_dtype.itemsize}"
         )
+    if dtype == "bool":
+        values = np.frombuffer(raw, dtype=np.uint8)
+        if values.size and values.max() > 1:
+            raise invalid_argument(f"tensor '{tensor}': BOOL raw data holds bytes other than 0/1")
+        return values.astype(bool).reshape(shape)
     return np.frombuffer(raw, dtype=np_dtype).reshape(shape).astype(np_dtype.newbyteorder("="))
 
 
@@ -127,3 +136,12 @@ def to_raw(array: np.ndarray) -> bytes:
             parts.append(struct.pack("<I", len(data)) + data)
         return b"".join(parts)
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def deadline_after(timeout_us: int | None, *others: float | None) -> float | None:
+    """The earliest of a V2 ``timeout`` (microseconds from now) and other deadlines, as
+    ``time.monotonic()`` seconds; None when there is none."""
+    deadlines = [d for d in others if d is not None]
+    if timeout_us is not None:
+        deadlines.append(time.monotonic() + timeout_us / 1e6)
+    return min(deadlines, default=None)

@@ -1,0 +1,231 @@
+"""KServe V2 / Open Inference Protocol over gRPC (``inference.GRPCInferenceService``), with
+Triton's model repository RPCs. Stubs are the generated ones tritonclient ships.
+
+Each RPC decodes its request, calls the ServingService and encodes the answer; a ServingError
+ends the RPC with the gRPC status of its kind, and anything unexpected with INTERNAL, so no
+request can take a handler or the server down.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeAlias
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from tfmux import __version__
+from tfmux.core.service import ServingService
+from tfmux.errors import (
+    ErrorKind,
+    ServingError,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+)
+from tfmux.errors import unimplemented as unimplemented_error
+from tfmux.transports import v2_proto, v2_types
+from tfmux.transports.grpc_server import abort_with, grpc_deadline
+from tfmux.types import DEFAULT_SIGNATURE, ModelRef, SignatureSpec, VersionStatus
+
+log = logging.getLogger("tfmux.v2_grpc")
+
+SERVER_NAME = "tfmux"
+EXTENSIONS = ["model_repository"]
+_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+# Triton's repository states for the lifecycle states of a version.
+_INDEX_STATE = {
+    "AVAILABLE": "READY",
+    "LOADING": "LOADING",
+    "UNLOADING": "UNLOADING",
+    "START": "UNAVAILABLE",
+    "END": "UNAVAILABLE",
+}
+
+Context: TypeAlias = grpc.aio.ServicerContext
+Handler: TypeAlias = Callable[[Any, Any, Context], Awaitable[Any]]
+
+
+def _guarded(handler: Handler) -> Handler:
+    """End the RPC with the status of a ServingError's kind, or INTERNAL for anything else."""
+
+    @functools.wraps(handler)
+    async def call(self: Any, request: Any, context: Context) -> Any:
+        try:
+            return await handler(self, request, context)
+        except ServingError as exc:
+            await abort_with(context, exc)
+        except Exception as exc:
+            log.exception("V2 gRPC %s failed", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    return call
+
+
+def _unimplemented(rpc: str) -> Callable[[Any, Context], Awaitable[None]]:
+    async def answer(request: Any, context: Context) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"tfmux does not implement {rpc}")
+
+    return answer
+
+
+class KServeGrpc:
+    """The GRPCInferenceService servicer. RPCs it does not define answer UNIMPLEMENTED."""
+
+    def __init__(self, service: ServingService) -> None:
+        self._service = service
+        for method in _SERVICE.methods:
+            if not hasattr(self, method.name):
+                setattr(self, method.name, _unimplemented(method.name))
+
+    def register(self, server: grpc.aio.Server) -> None:
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
+
+    # -- health and metadata ---------------------------------------------------------------
+
+    @_guarded
+    async def ServerLive(self, request: Any, context: Context) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    @_guarded
+    async def ServerReady(self, request: Any, context: Context) -> Any:
+        return pb.ServerReadyResponse(ready=self._service.ready())
+
+    @_guarded
+    async def ServerMetadata(self, request: Any, context: Context) -> Any:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=__version__, extensions=EXTENSIONS
+        )
+
+    @_guarded
+    async def ModelReady(self, request: Any, context: Context) -> Any:
+        """Ready when the named version (or the one "latest" means) is AVAILABLE; an unknown
+        model or version is not ready, as in Triton, rather than an error."""
+        version = v2_proto.parse_version(request.version)
+        try:
+            statuses = self._service.status(request.name, version)
+        except ServingError as exc:
+            if exc.kind is ErrorKind.NOT_FOUND:
+                return pb.ModelReadyResponse(ready=False)
+            raise
+        return pb.ModelReadyResponse(ready=any(s.state == "AVAILABLE" for s in statuses))
+
+    @_guarded
+    async def ModelMetadata(self, request: Any, context: Context) -> Any:
+        """The default signature of the named (or latest) version; loads a lazy model."""
+        name = v2_proto.require_name(request.name, "name")
+        meta = await self._service.metadata(ModelRef(name, v2_proto.parse_version(request.version)))
+        signature = _default_signature(meta.name, meta.version, meta.signatures)
+        available = sorted(
+            {s.version for s in self._service.status(meta.name) if s.state == "AVAILABLE"}
+            | {meta.version}
+        )
+        answer = v2_types.model_metadata(meta.name, meta.version, available, signature)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=answer["name"],
+            versions=answer["versions"],
+            platform=answer["platform"],
+            inputs=[tensor(**t) for t in answer["inputs"]],
+            outputs=[tensor(**t) for t in answer["outputs"]],
+        )
+
+    # -- inference -------------------------------------------------------------------------
+
+    @_guarded
+    async def ModelInfer(self, request: Any, context: Context) -> Any:
+        call = v2_proto.parse_call(request)
+        result = await self._service.infer(
+            call.ref,
+            lambda _signature: v2_proto.decode_inputs(request),
+            signature_name=call.signature_name,
+            output_names=call.output_names,
+            method="infer",
+            deadline=v2_types.deadline_after(call.timeout_us, grpc_deadline(context)),
+        )
+        return v2_proto.encode_response(request.id, result, call.output_names)
+
+    # -- model repository ------------------------------------------------------------------
+
+    @_guarded
+    async def RepositoryIndex(self, request: Any, context: Context) -> Any:
+        _only_default_repository(request.repository_name)
+        response = pb.RepositoryIndexResponse()
+        for name, status in self._service.repository_index():
+            entry = self._index_entry(name, status)
+            if not request.ready or entry.state == "READY":
+                response.models.append(entry)
+        return response
+
+    @_guarded
+    async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
+        """Load (or reload) a configured model from its base path. As in Triton (and the V2
+        REST door), a load that fails is INVALID_ARGUMENT with the load error's message."""
+        _only_default_repository(request.repository_name)
+        for key in request.parameters:
+            if key == "config" or key.startswith("file:"):
+                raise invalid_argument(
+                    "loading with a 'config' or files in the request is not supported: tfmux "
+                    "loads models only from its configured repositories"
+                )
+            raise invalid_argument(f"unrecognized load parameter '{key}'")
+        name = v2_proto.require_name(request.model_name)
+        if all(configured != name for configured, _ in self._service.repository_index()):
+            raise not_found(f"Could not find any versions of model {name}")
+        try:
+            await self._service.load_model(name)
+        except ServingError as exc:
+            raise invalid_argument(exc.message) from exc
+        return pb.RepositoryModelLoadResponse()
+
+    @_guarded
+    async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
+        """``unload_dependents`` is accepted (tfmux models have no dependents)."""
+        _only_default_repository(request.repository_name)
+        dependents = request.parameters.get("unload_dependents")
+        if dependents is not None and dependents.WhichOneof("parameter_choice") != "bool_param":
+            raise invalid_argument("parameter 'unload_dependents' must be a bool_param")
+        await self._service.unload_model(v2_proto.require_name(request.model_name))
+        return pb.RepositoryModelUnloadResponse()
+
+    def _index_entry(self, name: str, status: VersionStatus | None) -> Any:
+        index = pb.RepositoryIndexResponse.ModelIndex
+        if status is None:
+            return index(name=name, state="UNAVAILABLE", reason=self._why_no_version(name))
+        state = _INDEX_STATE.get(status.state, "UNKNOWN")
+        reason = ""
+        if status.error_message:
+            reason = status.error_message
+        elif status.state == "START":
+            reason = "not loaded yet"
+        elif status.state == "END":
+            reason = "unloaded"
+        return index(name=name, version=str(status.version), state=state, reason=reason)
+
+    def _why_no_version(self, name: str) -> str:
+        try:
+            self._service.status(name)
+        except ServingError as exc:
+            return exc.message
+        return "no version is served"
+
+
+def _only_default_repository(repository_name: str) -> None:
+    if repository_name:
+        raise unimplemented_error("'repository_name' specification is not supported")
+
+
+def _default_signature(
+    name: str, version: int, signatures: Mapping[str, SignatureSpec]
+) -> SignatureSpec:
+    signature = signatures.get(DEFAULT_SIGNATURE)
+    if signature is None:
+        have = ", ".join(sorted(signatures)) or "none"
+        raise failed_precondition(
+            f"model {name} version {version} has no '{DEFAULT_SIGNATURE}' signature, which V2 "
+            f"metadata describes (it has: {have})"
+        )
+    return signature
