@@ -51,3 +51,23 @@ def test_batching_example_parses(tmp_path: Path) -> None:
     assert ranker.batching is not None and ranker.batching.allowed_batch_sizes == (8, 16, 32, 64)
     assert ranker.batching.batch_timeout_micros == 500
     assert tiny.batching is not None and not tiny.batching.enabled
+
+
+def python_examples(page: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (DOC.parent / page).read_text(), re.S)
+
+
+def test_grpc_examples_run(e2e_server) -> None:
+    """Each Python example of docs/grpc.md, pointed at the test server, prints an answer."""
+    import contextlib
+    import io
+
+    examples = python_examples("grpc.md")
+    assert len(examples) == 2
+    for example in examples:
+        code = example.replace("localhost:8500", f"127.0.0.1:{e2e_server.server.grpc_port}")
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "docs/grpc.md", "exec"), {})
+        version, *values = out.getvalue().split()
+        assert version == "1" and values, out.getvalue()

@@ -98,6 +98,10 @@ def test_readme_curl_line_works(demo_server, line: str) -> None:
         assert isinstance(values, list) and values
         flat = [v for row in values for v in (row if isinstance(row, list) else [row])]
         assert all(isinstance(v, float) for v in flat)
+    elif "/infer" in line:
+        assert body["model_version"] == "1" and body.get("id", "1") == "1"
+        (output,) = body["outputs"]
+        assert output["datatype"] == "FP32" and all(isinstance(v, float) for v in output["data"])
     elif line.rstrip().endswith("/metadata"):
         assert "serving_default" in body["metadata"]["signature_def"]["signature_def"]
     else:

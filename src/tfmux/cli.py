@@ -150,7 +150,7 @@ def serve(
     max_queue_size: int | None,
     **overrides: Any,
 ) -> None:
-    """Serve models over TF Serving's REST API, with health and metrics.
+    """Serve models over TF Serving and KServe V2 APIs (REST and gRPC), with health and metrics.
 
     With no model source, serves the two embedded demo models (binary, regression).
     """
