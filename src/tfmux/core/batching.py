@@ -280,7 +280,10 @@ class Batcher:
         self._inflight.discard(done)
         try:
             outputs = done.result()
-        except BaseException as exc:  # the model failed: every caller in the batch hears it
+        except ServingError as exc:  # the model failed: every caller in the batch hears it
+            for item in batch:  # each its own exception, so tracebacks do not pile up
+                _settle(item, exception=ServingError(exc.kind, exc.message))
+        except BaseException as exc:
             for item in batch:
                 _settle(item, exception=exc)
         else:
