@@ -99,6 +99,7 @@ class ModelConfig(BaseModel):
     runtime: Literal["auto", "tf1", "tf2"] = "auto"
     labels: dict[str, int] = Field(default_factory=dict)
     batching: BatchingConfig | None = None  # None: the server's defaults
+    pinned: bool = False  # never evicted to make room under the memory budget
 
     @field_validator("name")
     @classmethod
@@ -135,6 +136,10 @@ class ServerConfig(BaseModel):
     inference_threads: int = Field(default=4, ge=1)
     max_concurrent_loads: int = Field(default=2, ge=1)
     request_timeout_ms: int | None = Field(default=None, gt=0)
+    memory_budget_bytes: int | None = Field(default=None, gt=0)
+    poll_interval_seconds: float = Field(default=0.0, ge=0)
+    management: bool = True
+    admin_token: str | None = None
     tf_intra_op_threads: int | None = Field(default=None, ge=1)
     tf_inter_op_threads: int | None = Field(default=None, ge=1)
     gpu_memory_growth: bool = True

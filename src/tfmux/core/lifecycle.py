@@ -25,6 +25,9 @@ class State(StrEnum):
 
 Loader = Callable[[Path], LoadedModel]
 LoadListener = Callable[["ModelVersion", float, ServingError | None], None]
+# Runs in the load thread just before the loader (admission under a memory budget); raising
+# a ServingError fails the load with it.
+LoadGate = Callable[["ModelVersion"], None]
 
 
 class Lease:
@@ -79,12 +82,14 @@ class ModelVersion:
         path: Path,
         loader: Loader,
         on_loaded: LoadListener | None = None,
+        before_load: LoadGate | None = None,
     ) -> None:
         self.name = name
         self.version = version
         self.path = path
         self._loader = loader
         self._on_loaded = on_loaded
+        self._before_load = before_load
         self._cond = threading.Condition()
         self._state = State.START
         self._error: ServingError | None = None
@@ -94,6 +99,12 @@ class ModelVersion:
         self.load_seconds: float | None = None
         self.last_used = time.monotonic()
         self.batchers: dict[Any, Any] = {}  # owned by the service; dropped at unload
+        # Memory, in bytes: the estimate made before loading and, when it could be measured
+        # alone, what the load cost. Set by the manager.
+        self.memory_estimate = 0
+        self.memory_measured: int | None = None
+        self.evicted = False  # unloaded to make room; a request may load it again
+        self.measuring: tuple[int, int] | None = None  # the budget's (token, RSS before load)
 
     @property
     def state(self) -> State:
@@ -137,6 +148,8 @@ class ModelVersion:
         error: ServingError | None = None
         model: LoadedModel | None = None
         try:
+            if self._before_load is not None:
+                self._before_load(self)
             model = self._loader(self.path)
         except ServingError as exc:
             error = exc
@@ -165,6 +178,8 @@ class ModelVersion:
 
     def _unavailable_error(self) -> ServingError:
         where = f"model {self.name} version {self.version}"
+        if self._error is not None and self._error.kind is ErrorKind.RESOURCE_EXHAUSTED:
+            return ServingError(ErrorKind.RESOURCE_EXHAUSTED, self._error.message)
         if self._error is not None:
             return unavailable(f"{where} failed to load: {self._error.message}")
         if self._state in (State.START, State.LOADING):
@@ -195,6 +210,23 @@ class ModelVersion:
             self._state = State.UNLOADING
             while self._leases:
                 self._cond.wait()
+        self.finish_unload()
+
+    def try_evict(self) -> bool:
+        """Claim an idle AVAILABLE version for eviction (no lease open, none can start now).
+
+        On True the version is UNLOADING and the caller must call ``finish_unload``.
+        """
+        with self._cond:
+            if self._state is not State.AVAILABLE or self._leases:
+                return False
+            self._state = State.UNLOADING
+            self.evicted = True
+            return True
+
+    def finish_unload(self) -> None:
+        """Close an UNLOADING version whose leases are all released, then END."""
+        with self._cond:
             model, self._model = self._model, None
             self.batchers = {}
         try:

@@ -1,34 +1,31 @@
 """Owns every served model version: creates them from config, loads them (eagerly or on first
-use, single-flight), resolves what a request names, and unloads them."""
+use, single-flight, under the memory budget), resolves what a request names, reloads evicted
+or failed versions on demand, and unloads them."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tfmux.config import ModelConfig
+from tfmux.core.budget import Held, MemoryBudget
 from tfmux.core.lifecycle import Lease, ModelVersion, State
+from tfmux.core.memory import MemoryProbe, ProcessMemory
 from tfmux.core.observer import NullObserver, Observer
 from tfmux.core.policy import latest_version, versions_to_serve
 from tfmux.core.repository import list_versions
 from tfmux.core.runtime import LoadedModel
+from tfmux.core.served import ServedModel
 from tfmux.errors import ServingError, not_found
 from tfmux.types import ModelRef, VersionStatus
 
 ModelLoader = Callable[[ModelConfig, Path], LoadedModel]
 
-
-@dataclass
-class ServedModel:
-    """A configured model and the versions its policy selected (fixed until reconfigured)."""
-
-    config: ModelConfig
-    versions: dict[int, ModelVersion] = field(default_factory=dict)
-    problem: ServingError | None = None  # why no version could be served, if so
+__all__ = ["ModelLoader", "ModelManager", "ServedModel"]
 
 
 class ModelManager:
@@ -39,12 +36,17 @@ class ModelManager:
         loader: ModelLoader,
         max_concurrent_loads: int = 2,
         observer: Observer | None = None,
+        memory_budget: int | None = None,
+        probe: MemoryProbe | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._loader = loader
         self._observer = observer or NullObserver()
+        self._clock = clock
         self._lock = threading.Lock()
         self._models: dict[str, ServedModel] = {}
         self._load_pool = ThreadPoolExecutor(max_concurrent_loads, thread_name_prefix="tfmux-load")
+        self.budget = MemoryBudget(memory_budget, probe or ProcessMemory(), self._held)
 
     # -- configuration -------------------------------------------------------------------
 
@@ -55,28 +57,45 @@ class ModelManager:
             if config.name in self._models:
                 raise ValueError(f"model {config.name!r} is already served")
             self._models[config.name] = served
-        self._select_versions(served)
+        self._select_versions(served, retry_all=True)
         if config.load == "eager":
             self._start_loads(served)
         return served
 
     def load_model(self, name: str, config: ModelConfig | None = None) -> None:
         """Load a served model now, rescanning its versions on disk (and taking ``config``, if
-        given). Versions its policy no longer selects are unloaded after the new ones have
-        loaded, so requests never find nothing to serve. Blocks until done."""
+        given); failed versions are retried at once. Versions its policy no longer selects
+        are unloaded once a new one is AVAILABLE, so requests never find nothing to serve.
+        Blocks until done."""
         served = self.get(name)
-        if config is not None:
-            with self._lock:
+        with self._lock:
+            served.unloaded = False
+            if config is not None:
                 served.config = config
-        retired = self._select_versions(served)
+        retired = self._select_versions(served, retry_all=True)
         wait(self._start_loads(served, skip=retired))
-        self._retire(served, retired)
+        self._retire_if_replaced(served, retired)
+
+    def refresh(self, name: str) -> None:
+        """Pick up version changes on disk (the repository poller): new versions are loaded
+        (eagerly, or when the model is in use), then the ones they replace are drained and
+        unloaded; failed versions are retried after their backoff. Blocks until done."""
+        served = self.get(name)
+        if served.unloaded:
+            return
+        retired = self._select_versions(served, retry_all=False)
+        in_use = any(mv.state is State.AVAILABLE for mv in served.versions.values())
+        if served.config.load == "eager" or in_use:
+            wait(self._start_loads(served, skip=retired))
+        self._retire_if_replaced(served, retired)
 
     def unload_model(self, name: str) -> None:
-        """Unload every version of a model but keep it configured (its versions show END).
-        Blocks until in-flight requests have finished."""
-        for mv in list(self.get(name).versions.values()):
-            mv.unload()
+        """Unload every version of a model but keep it configured (its versions show END);
+        it stays unloaded until a load request. Blocks until in-flight requests finish."""
+        served = self.get(name)
+        with self._lock:
+            served.unloaded = True
+        self._unload(list(served.versions.values()))
 
     def reconfigure(self, configs: list[ModelConfig]) -> None:
         """Serve exactly ``configs``: add new models, reload changed ones, remove the rest.
@@ -93,28 +112,68 @@ class ModelManager:
                 self.load_model(name, config)
         self.wait_for_loads()
 
-    def _select_versions(self, served: ServedModel) -> list[ModelVersion]:
-        """Add a START version for each version the policy selects that is not already served
-        from the same path; return the versions no longer selected (still listed)."""
+    def remove_model(self, name: str) -> None:
+        """Stop serving a model: unload all its versions (blocks until leases are released)."""
+        with self._lock:
+            served = self._models.pop(name, None)
+        if served is None:
+            raise not_found(f"Could not find any versions of model {name}")
+        self._unload(list(served.versions.values()))
+
+    def wait_for_loads(self, timeout: float | None = None) -> None:
+        """Block until every load already started has ended (used at startup)."""
+        futures = [
+            mv.start_load(self._load_pool)
+            for served in self.models()
+            for mv in list(served.versions.values())
+            if mv.state is State.LOADING
+        ]
+        wait(futures, timeout)
+
+    def close(self) -> None:
+        """Unload every model and stop the load threads. Blocks until done."""
+        with self._lock:
+            names = list(self._models)
+        for name in names:
+            self.remove_model(name)
+        self._load_pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- versions --------------------------------------------------------------------------
+
+    def _select_versions(self, served: ServedModel, retry_all: bool) -> list[ModelVersion]:
+        """Add a START version for each version the policy selects that is not served from
+        the same path (or ENDed: after a failure only once its backoff has passed, unless
+        ``retry_all``; evicted ones reload on demand instead). Returns the versions no longer
+        selected, still listed."""
         config = served.config
         on_disk = list_versions(config.base_path)
         chosen = versions_to_serve(on_disk, config.version_policy)
+        now = self._clock()
         with self._lock:
             served.problem = None if chosen else not_found(self._why_no_versions(config, on_disk))
             retired = [mv for v, mv in served.versions.items() if v not in chosen]
             for version in chosen:
                 current = served.versions.get(version)
-                if (
-                    current is None
-                    or current.state is State.END
-                    or current.path != on_disk[version]
-                ):
-                    if current is not None and current.state is not State.END:
-                        retired.append(current)
-                    served.versions[version] = ModelVersion(
-                        config.name, version, on_disk[version], self._load_one(config), self._loaded
-                    )
+                if current is not None and current.path == on_disk[version]:
+                    ended = current.state is State.END
+                    if not ended or not (retry_all or served.revivable(current, now)):
+                        continue
+                    if current.evicted and not retry_all:
+                        continue
+                if current is not None and current.state is not State.END:
+                    retired.append(current)
+                served.versions[version] = self._new_version(config, version, on_disk[version])
         return retired
+
+    def _new_version(self, config: ModelConfig, version: int, path: Path) -> ModelVersion:
+        return ModelVersion(
+            config.name,
+            version,
+            path,
+            lambda p: self._loader(config, p),
+            self._loaded,
+            self.budget.admit,
+        )
 
     def _start_loads(
         self, served: ServedModel, skip: list[ModelVersion] | None = None
@@ -123,13 +182,40 @@ class ModelManager:
             versions = [mv for mv in served.versions.values() if mv not in (skip or [])]
         return [mv.start_load(self._load_pool) for mv in versions]
 
-    def _retire(self, served: ServedModel, retired: list[ModelVersion]) -> None:
+    def _retire_if_replaced(self, served: ServedModel, retired: list[ModelVersion]) -> None:
+        """Unload ``retired`` once another version is AVAILABLE (else they keep serving)."""
         with self._lock:
+            kept = [mv for mv in served.versions.values() if mv not in retired]
+            if retired and not any(mv.state is State.AVAILABLE for mv in kept):
+                return
             for mv in retired:
                 if served.versions.get(mv.version) is mv:
                     del served.versions[mv.version]
-        for mv in retired:
+        self._unload(retired)
+
+    def _unload(self, versions: list[ModelVersion]) -> None:
+        for mv in versions:
             mv.unload()
+        if versions:
+            self.budget.released()
+
+    def _loaded(self, mv: ModelVersion, seconds: float, error: ServingError | None) -> None:
+        self.budget.loaded(mv, error is None)
+        with self._lock:
+            served = self._models.get(mv.name)
+            if served is not None:
+                served.record_load(mv.version, error, self._clock())
+        self._observer.model_loaded(
+            mv.name, mv.version, seconds, None if error is None else error.kind.value
+        )
+
+    def _held(self) -> list[Held]:
+        with self._lock:
+            return [
+                Held(mv, served.config.pinned)
+                for served in self._models.values()
+                for mv in served.versions.values()
+            ]
 
     @staticmethod
     def _why_no_versions(config: ModelConfig, on_disk: dict[int, Path]) -> str:
@@ -142,40 +228,6 @@ class ModelManager:
             )
         wanted = ", ".join(str(v) for v in config.version_policy.versions)
         return f"none of the versions [{wanted}] of model {config.name} exist on disk"
-
-    def _load_one(self, config: ModelConfig) -> Callable[[Path], LoadedModel]:
-        return lambda path: self._loader(config, path)
-
-    def _loaded(self, mv: ModelVersion, seconds: float, error: ServingError | None) -> None:
-        self._observer.model_loaded(
-            mv.name, mv.version, seconds, None if error is None else error.kind.value
-        )
-
-    def remove_model(self, name: str) -> None:
-        """Stop serving a model: unload all its versions (blocks until leases are released)."""
-        with self._lock:
-            served = self._models.pop(name, None)
-        if served is None:
-            raise not_found(f"Could not find any versions of model {name}")
-        for mv in served.versions.values():
-            mv.unload()
-
-    def wait_for_loads(self, timeout: float | None = None) -> None:
-        """Block until every load already started has ended (used at startup)."""
-        futures: list[Future[None]] = []
-        for served in self.models():
-            for mv in served.versions.values():
-                if mv.state is State.LOADING:
-                    futures.append(mv.start_load(self._load_pool))
-        wait(futures, timeout)
-
-    def close(self) -> None:
-        """Unload every model and stop the load threads. Blocks until done."""
-        with self._lock:
-            names = list(self._models)
-        for name in names:
-            self.remove_model(name)
-        self._load_pool.shutdown(wait=True, cancel_futures=True)
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -206,25 +258,41 @@ class ModelManager:
         """The version a request names; NOT_FOUND in TF Serving's wording when there is none."""
         with self._lock:
             served = self._models.get(ref.name)
-        missing = not_found(f"Servable not found for request: {ref.describe()}")
-        if served is None:
-            raise missing
-        if ref.label is not None:
-            version = served.config.labels.get(ref.label)
-            if version is None:
-                raise not_found(f"Unknown label '{ref.label}' of model {ref.name}")
-        elif ref.version is not None:
-            version = ref.version
-        else:
-            version = latest_version({v: mv.state.value for v, mv in served.versions.items()})
-        mv = served.versions.get(version) if version is not None else None
+            missing = not_found(f"Servable not found for request: {ref.describe()}")
+            if served is None:
+                raise missing
+            if ref.label is not None:
+                version = served.config.labels.get(ref.label)
+                if version is None:
+                    raise not_found(f"Unknown label '{ref.label}' of model {ref.name}")
+            elif ref.version is not None:
+                version = ref.version
+            else:
+                version = latest_version(served.routing_states(self._clock()))
+            mv = served.versions.get(version) if version is not None else None
         if mv is None:
             raise missing
         return mv
 
+    def _revive(self, mv: ModelVersion) -> ModelVersion:
+        """A fresh version in place of an evicted or failed one, when allowed now."""
+        with self._lock:
+            served = self._models.get(mv.name)
+            if served is None or served.versions.get(mv.version) is not mv:
+                current = served.versions.get(mv.version) if served else None
+                return current or mv
+            if not served.revivable(mv, self._clock()):
+                return mv
+            fresh = self._new_version(served.config, mv.version, mv.path)
+            served.versions[mv.version] = fresh
+            return fresh
+
     async def lease(self, ref: ModelRef) -> Lease:
-        """A lease on the version a request names, loading it first if it is lazy."""
+        """A lease on the version a request names, loading it first if it is lazy, evicted,
+        or failed and past its backoff."""
         mv = self.resolve(ref)
+        if mv.state is State.END:
+            mv = self._revive(mv)
         if mv.state in (State.START, State.LOADING):
             await asyncio.wrap_future(mv.start_load(self._load_pool))
         return mv.acquire()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from tfmux.config import VersionPolicy
 
@@ -34,3 +35,33 @@ def latest_version(states: Mapping[int, str]) -> int | None:
         if candidates:
             return max(candidates)
     return max(states)
+
+
+@dataclass(frozen=True)
+class Resident:
+    """A loaded version as the eviction policy sees it."""
+
+    key: tuple[str, int]
+    size: int
+    last_used: float
+    evictable: bool  # idle (no request in flight or queued) and not pinned
+
+
+def eviction_victims(
+    residents: Iterable[Resident], needed: int, budget: int
+) -> list[tuple[str, int]] | None:
+    """Least-recently-used evictable versions to unload so ``needed`` more bytes fit.
+
+    ``[]`` when it already fits; None when even evicting every evictable version is not enough.
+    """
+    residents = list(residents)
+    excess = sum(r.size for r in residents) + needed - budget
+    if excess <= 0:
+        return []
+    victims: list[tuple[str, int]] = []
+    for resident in sorted((r for r in residents if r.evictable), key=lambda r: r.last_used):
+        victims.append(resident.key)
+        excess -= resident.size
+        if excess <= 0:
+            return victims
+    return None

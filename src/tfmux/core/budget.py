@@ -1,0 +1,138 @@
+"""Memory accounting and admission under a byte budget, with least-recently-used eviction."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from tfmux.core.lifecycle import ModelVersion, State
+from tfmux.core.memory import MemoryProbe, format_bytes, size_on_disk
+from tfmux.core.policy import Resident, eviction_victims
+from tfmux.errors import ErrorKind, ServingError
+
+CHARGED = (State.LOADING, State.AVAILABLE, State.UNLOADING)
+
+
+@dataclass(frozen=True)
+class Held:
+    """A version that holds memory, and whether it may be evicted (its model is not pinned)."""
+
+    version: ModelVersion
+    pinned: bool
+
+
+def charge(mv: ModelVersion) -> int:
+    """Bytes a version counts against the budget: measured when known, else estimated."""
+    return mv.memory_measured if mv.memory_measured is not None else mv.memory_estimate
+
+
+class MemoryBudget:
+    """Estimates, measures and admits model loads. Thread-safe.
+
+    The estimate is the SavedModel's size on disk times a ratio learned from loads measured
+    alone (resident memory before and after, with free heap returned to the OS first). Loads
+    that overlap another load cannot be told apart, so they keep their estimate.
+    """
+
+    def __init__(
+        self,
+        limit: int | None,
+        probe: MemoryProbe,
+        held: Callable[[], Iterable[Held]],
+        ratio: float = 1.1,
+    ) -> None:
+        self.limit = limit
+        self._probe = probe
+        self._held = held
+        self._ratio = ratio
+        self._lock = threading.Lock()
+        self._loading = 0
+        self._epoch = 0  # counts load starts; a measurement is alone if it saw only its own
+
+    # -- before and after a load (load threads) --------------------------------------------
+
+    def admit(self, mv: ModelVersion) -> None:
+        """Estimate ``mv``, make room for it (evicting idle versions), and begin measuring.
+
+        Raises RESOURCE_EXHAUSTED when it cannot fit even after evicting everything evictable.
+        Every successful ``admit`` is followed by ``loaded``.
+        """
+        estimate = int(size_on_disk(mv.path) * self._ratio)
+        while True:
+            with self._lock:
+                mv.memory_estimate = estimate
+                claimed, complete = self._claim_victims(mv)
+            for victim in claimed:
+                victim.finish_unload()
+            if complete:
+                break
+        self._probe.release()
+        rss_before = self._probe.rss()
+        with self._lock:
+            alone = self._loading == 0
+            self._loading += 1
+            self._epoch += 1
+            mv.measuring = (self._epoch if alone else -1, rss_before)
+
+    def _claim_victims(self, mv: ModelVersion) -> tuple[list[ModelVersion], bool]:
+        if self.limit is None:
+            return [], True
+        held = [h for h in self._held() if h.version is not mv and h.version.state in CHARGED]
+        by_key = {(h.version.name, h.version.version): h.version for h in held}
+        residents = [
+            Resident(
+                key=(h.version.name, h.version.version),
+                size=charge(h.version),
+                last_used=h.version.last_used,
+                evictable=not h.pinned
+                and h.version.state is State.AVAILABLE
+                and h.version.leases == 0,
+            )
+            for h in held
+        ]
+        victims = eviction_victims(residents, mv.memory_estimate, self.limit)
+        if victims is None:
+            raise self._too_big(mv, residents)
+        claimed = [by_key[key] for key in victims if by_key[key].try_evict()]
+        return claimed, len(claimed) == len(victims)
+
+    def _too_big(self, mv: ModelVersion, residents: list[Resident]) -> ServingError:
+        assert self.limit is not None
+        kept = sum(r.size for r in residents if not r.evictable)
+        return ServingError(
+            ErrorKind.RESOURCE_EXHAUSTED,
+            f"model {mv.name} version {mv.version} needs about "
+            f"{format_bytes(mv.memory_estimate)}, but the memory budget is "
+            f"{format_bytes(self.limit)} and {format_bytes(kept)} of it is held by models "
+            "in use or pinned",
+        )
+
+    def loaded(self, mv: ModelVersion, ok: bool) -> None:
+        """Record what an admitted load cost; learn the estimate ratio from loads measured
+        alone (no other load running at any time during it)."""
+        if mv.measuring is None:
+            return  # never admitted: the load failed before admission ended
+        (token, rss_before), mv.measuring = mv.measuring, None
+        rss_after = self._probe.rss() if ok else rss_before
+        with self._lock:
+            alone = self._epoch == token and self._loading == 1
+            self._loading -= 1
+        if not ok or not alone:
+            return
+        measured = max(rss_after - rss_before, 0)
+        mv.memory_measured = measured
+        disk = size_on_disk(mv.path)
+        if disk > 0 and measured > 0:
+            observed = min(max(measured / disk, 0.5), 10.0)
+            with self._lock:
+                self._ratio = 0.7 * self._ratio + 0.3 * observed
+
+    def released(self) -> None:
+        """A version was unloaded: hand its freed memory back to the OS."""
+        self._probe.release()
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def used(self) -> int:
+        return sum(charge(h.version) for h in self._held() if h.version.state in CHARGED)
