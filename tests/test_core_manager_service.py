@@ -317,7 +317,8 @@ def test_adding_a_model_twice_is_refused(stack: Stack) -> None:
 def test_statuses_are_newest_first(stack: Stack) -> None:
     stack.add("m", [3, 1, 20, 2], version_policy="all")
     assert [s.version for s in stack.service.status("m")] == [20, 3, 2, 1]
-    assert stack.service.status("m", 3) == [VersionStatus(3, "AVAILABLE")]
+    (status,) = stack.service.status("m", 3)
+    assert (status.version, status.state, status.error_code) == (3, "AVAILABLE", "OK")
 
 
 def test_status_of_unknown_model_or_version(stack: Stack) -> None:

@@ -116,6 +116,36 @@ def main() -> None:
     default=None,
     help="Requests that may wait per model; more get RESOURCE_EXHAUSTED / 429.  [default: 1024]",
 )
+@click.option(
+    "--memory-budget",
+    default=None,
+    help="Memory models may use, e.g. 4GiB: least-recently-used idle models are unloaded to "
+    "make room.  [default: no limit]",
+)
+@click.option(
+    "--poll-interval",
+    "poll_interval_seconds",
+    type=float,
+    default=None,
+    help="Seconds between scans of the model directories for new versions (0: off).  [default: 0]",
+)
+@click.option(
+    "--management/--no-management",
+    default=None,
+    help="Allow loading, unloading and reconfiguring models through the APIs.  [default: on]",
+)
+@click.option(
+    "--admin-token",
+    envvar="TFMUX_ADMIN_TOKEN",
+    default=None,
+    help="Require 'Authorization: Bearer TOKEN' on management calls ($TFMUX_ADMIN_TOKEN).",
+)
+@click.option(
+    "--onednn/--no-onednn",
+    default=None,
+    help="TensorFlow's oneDNN CPU kernels: faster for some models, but memory freed by "
+    "unloading a model is then never returned to the OS.  [default: off]",
+)
 @click.option("--tf-intra-op-threads", type=int, default=None, help="TensorFlow intra-op threads.")
 @click.option("--tf-inter-op-threads", type=int, default=None, help="TensorFlow inter-op threads.")
 @click.option(
@@ -148,6 +178,7 @@ def serve(
     max_batch_size: int | None,
     batch_timeout_micros: int | None,
     max_queue_size: int | None,
+    memory_budget: str | None,
     **overrides: Any,
 ) -> None:
     """Serve models over TF Serving and KServe V2 APIs (REST and gRPC), with health and metrics.
@@ -164,6 +195,8 @@ def serve(
     try:
         if max_body_size is not None:
             overrides["max_body_bytes"] = parse_size(max_body_size)
+        if memory_budget is not None:
+            overrides["memory_budget_bytes"] = parse_size(memory_budget)
         if gpu_memory_limit is not None:
             overrides["gpu_memory_limit_mb"] = max(1, parse_size(gpu_memory_limit) // 2**20)
         batching_overrides = {
@@ -182,6 +215,8 @@ def serve(
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # oneDNN is chosen when TensorFlow is first imported, which importing the server does.
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if config.onednn else "0"
     from tfmux.server import TfmuxServer
 
     server = TfmuxServer(config)

@@ -140,6 +140,8 @@ class ServerConfig(BaseModel):
     poll_interval_seconds: float = Field(default=0.0, ge=0)
     management: bool = True
     admin_token: str | None = None
+    onednn: bool = False  # oneDNN keeps freed model memory from the OS; off, unloads return it
+    model_repositories: list[Path] = Field(default_factory=list)  # loadable by name
     tf_intra_op_threads: int | None = Field(default=None, ge=1)
     tf_inter_op_threads: int | None = Field(default=None, ge=1)
     gpu_memory_growth: bool = True
@@ -301,6 +303,7 @@ def build_config(
     if batching:
         settings["batching"] = {**(settings.get("batching") or {}), **batching}
     settings["models"] = models
+    settings["model_repositories"] = [root.resolve() for root in sources.repositories]
     try:
         return ServerConfig(**settings)
     except ValidationError as exc:

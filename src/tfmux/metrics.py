@@ -139,6 +139,16 @@ class _StateCollector(Collector):
             "1 for the state each served model version is in.",
             labels=["model", "version", "state"],
         )
+        memory = GaugeMetricFamily(
+            "tfmux_model_memory_bytes",
+            "Memory a loaded model version costs (measured, or estimated when loads overlapped).",
+            labels=["model", "version", "measured"],
+        )
+        budget = self._manager.budget
+        used = GaugeMetricFamily("tfmux_memory_used_bytes", "Memory charged to loaded models.")
+        used.add_metric([], budget.used())
+        limit = GaugeMetricFamily("tfmux_memory_budget_bytes", "The memory budget (0: none).")
+        limit.add_metric([], budget.limit or 0)
         depth = GaugeMetricFamily(
             "tfmux_queue_depth",
             "Requests waiting in a model version's batch queues.",
@@ -151,9 +161,16 @@ class _StateCollector(Collector):
                 count += s == "AVAILABLE"
                 labels = [served.config.name, str(version)]
                 state.add_metric([*labels, s], 1)
+                status = mv.status()
+                if status.memory_bytes is not None:
+                    measured = "true" if status.memory_measured else "false"
+                    memory.add_metric([*labels, measured], status.memory_bytes)
                 queued = sum(b.statistics().queued for b in list(mv.batchers.values()))
                 depth.add_metric(labels, queued)
         loaded.add_metric([], count)
         yield loaded
         yield state
         yield depth
+        yield memory
+        yield used
+        yield limit

@@ -15,8 +15,9 @@ import uvicorn
 
 from tfmux.config import ModelConfig, ServerConfig
 from tfmux.core.manager import ModelLoader, ModelManager
+from tfmux.core.poller import RepositoryPoller
 from tfmux.core.runtime import LoadedModel
-from tfmux.core.service import ServingService
+from tfmux.core.service import Management, ServingService
 from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.transports import openapi
 from tfmux.transports.grpc_server import Registrar, start_grpc_server
@@ -82,11 +83,22 @@ class TfmuxServer:
         loader = loader or saved_model_loader(config)
         self.runtime_report = ""
         self.metrics = Metrics()
-        self.manager = ModelManager(loader, config.max_concurrent_loads, self.metrics)
+        self.manager = ModelManager(
+            loader, config.max_concurrent_loads, self.metrics, config.memory_budget_bytes
+        )
+        self.poller = RepositoryPoller(self.manager, config.poll_interval_seconds)
         self.metrics.watch(self.manager)
         timeout = config.request_timeout_ms / 1000 if config.request_timeout_ms else None
+        management = Management(
+            config.management, config.admin_token, tuple(config.model_repositories)
+        )
         self.service = ServingService(
-            self.manager, config.inference_threads, self.metrics, config.batching, timeout
+            self.manager,
+            config.inference_threads,
+            self.metrics,
+            config.batching,
+            timeout,
+            management,
         )
         ops = OpsRest(self.service.ready, self.metrics.render, CONTENT_TYPE)
         # Every front end: REST routes (first match wins) and gRPC services.
@@ -142,6 +154,8 @@ class TfmuxServer:
                 self.config.max_grpc_message_bytes,
                 self.grpc_registrars,
             )
+        if self.config.poll_interval_seconds > 0:
+            self.poller.start()
 
     async def wait_for_loads(self) -> None:
         """Wait until the eager loads that started with the server have ended."""
@@ -149,6 +163,7 @@ class TfmuxServer:
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests, then unload every model."""
+        await self.poller.stop()
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
         if self._grpc is not None:

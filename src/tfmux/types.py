@@ -117,3 +117,5 @@ class VersionStatus:
     state: str
     error_code: str = "OK"
     error_message: str = ""
+    memory_bytes: int | None = None  # what the version costs (None: not loaded)
+    memory_measured: bool = False  # measured after loading, rather than estimated

@@ -120,10 +120,18 @@ class ModelVersion:
 
     def status(self) -> VersionStatus:
         with self._cond:
-            if self._error is None:
-                return VersionStatus(self.version, self._state.value)
+            error = self._error
+            code, message = (error.kind.value, error.message) if error else ("OK", "")
+            loaded = self._state in (State.LOADING, State.AVAILABLE, State.UNLOADING)
+            measured = self.memory_measured
+            memory = (measured if measured is not None else self.memory_estimate) or None
             return VersionStatus(
-                self.version, self._state.value, self._error.kind.value, self._error.message
+                self.version,
+                self._state.value,
+                code,
+                message,
+                memory if loaded else None,
+                loaded and measured is not None,
             )
 
     def start_load(self, executor: Executor) -> Future[None]:

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from tfmux.config import BatchingConfig, ModelConfig
+from tfmux.config import MODEL_NAME_RE, BatchingConfig, ModelConfig
 from tfmux.core.lifecycle import Lease, State
 from tfmux.core.manager import ModelManager
 from tfmux.core.observer import NullObserver, Observer
 from tfmux.core.runner import ModelRunner
 from tfmux.core.validation import validate_inputs
-from tfmux.errors import ErrorKind, ServingError, invalid_argument
+from tfmux.errors import ErrorKind, ServingError, invalid_argument, not_found
 from tfmux.types import (
     DEFAULT_SIGNATURE,
     InferenceResult,
@@ -28,6 +30,39 @@ from tfmux.types import (
 
 Inputs = Mapping[str, np.ndarray]
 InputDecoder = Callable[[SignatureSpec], Inputs]
+
+
+@dataclass(frozen=True)
+class Management:
+    """Who may load, unload and reconfigure models, and where new models may come from."""
+
+    enabled: bool = True
+    admin_token: str | None = None  # when set, calls must carry "Bearer <token>"
+    repositories: tuple[Path, ...] = ()  # a model folder here may be loaded by name
+
+    def authorize(self, authorization: str | None) -> None:
+        if not self.enabled:
+            raise ServingError(
+                ErrorKind.PERMISSION_DENIED,
+                "model management is disabled on this server (--no-management)",
+            )
+        if self.admin_token is None:
+            return
+        expected = f"Bearer {self.admin_token}".encode()
+        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+            raise ServingError(
+                ErrorKind.UNAUTHENTICATED,
+                "management calls need the header 'Authorization: Bearer <admin token>'",
+            )
+
+    def discover(self, name: str) -> ModelConfig | None:
+        """A model not yet configured, found by name in a configured repository."""
+        if not MODEL_NAME_RE.match(name):
+            raise invalid_argument(f"model name '{name}' must match {MODEL_NAME_RE.pattern}")
+        for root in self.repositories:
+            if (root / name).is_dir():
+                return ModelConfig(name=name, base_path=root / name)
+        return None
 
 
 @dataclass(frozen=True)
@@ -48,12 +83,14 @@ class ServingService:
         observer: Observer | None = None,
         batching: BatchingConfig | None = None,
         request_timeout: float | None = None,
+        management: Management | None = None,
     ) -> None:
         self.manager = manager
         self._observer = observer or NullObserver()
         self._pool = ThreadPoolExecutor(inference_threads, thread_name_prefix="tfmux-infer")
         self._batching = batching or BatchingConfig()
         self._request_timeout = request_timeout
+        self.management = management or Management()
         self._runner = ModelRunner(self._pool, self._batching_for, self._observer)
 
     def _batching_for(self, name: str) -> BatchingConfig:
@@ -160,9 +197,21 @@ class ServingService:
 
     # -- management ------------------------------------------------------------------------
 
-    async def load_model(self, name: str) -> None:
-        """Load (or reload) a configured model and wait; raises its load error if no version
-        could be made AVAILABLE."""
+    async def load_model(self, name: str, authorization: str | None = None) -> None:
+        """Load (or reload) a model and wait; raises its load error if no version could be
+        made AVAILABLE. A model not yet served is looked for in the configured repositories
+        (never at a path a client sends)."""
+        self.management.authorize(authorization)
+        try:
+            self.manager.get(name)
+        except ServingError:
+            config = self.management.discover(name)
+            if config is None:
+                raise not_found(
+                    f"model {name} is not configured and not in any repository"
+                ) from None
+            with contextlib.suppress(ValueError):  # a concurrent load added it first
+                self.manager.add_model(config)
         await asyncio.get_running_loop().run_in_executor(None, self.manager.load_model, name)
         statuses = self.manager.statuses(name)
         if not any(s.state == "AVAILABLE" for s in statuses):
@@ -172,12 +221,16 @@ class ServingService:
             detail = failed[0].error_message if failed else "no version is available"
             raise ServingError(kind, f"failed to load model {name}: {detail}")
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, authorization: str | None = None) -> None:
         """Unload every version of a model, after its in-flight requests have finished."""
+        self.management.authorize(authorization)
         await asyncio.get_running_loop().run_in_executor(None, self.manager.unload_model, name)
 
-    async def reconfigure(self, configs: list[ModelConfig]) -> None:
+    async def reconfigure(
+        self, configs: list[ModelConfig], authorization: str | None = None
+    ) -> None:
         """Serve exactly these models (TF Serving's HandleReloadConfigRequest)."""
+        self.management.authorize(authorization)
         await asyncio.get_running_loop().run_in_executor(None, self.manager.reconfigure, configs)
 
     def repository_index(self) -> list[tuple[str, VersionStatus | None]]:

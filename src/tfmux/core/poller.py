@@ -1,0 +1,51 @@
+"""Polls the model repository for new and removed versions (``--poll-interval``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from tfmux.core.manager import ModelManager
+
+log = logging.getLogger("tfmux.poller")
+
+
+class RepositoryPoller:
+    """Every ``interval`` seconds, refreshes every model's versions (in parallel threads).
+
+    Owned by the server: ``start`` on its event loop, ``stop`` before unloading. A refresh
+    that fails is logged and tried again at the next poll; it never stops the poller.
+    """
+
+    def __init__(self, manager: ModelManager, interval: float) -> None:
+        self._manager = manager
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="tfmux-repository-poller")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def poll_once(self) -> None:
+        """Refresh every model now; waits until new versions are loaded and old ones gone."""
+        loop = asyncio.get_running_loop()
+        names = [served.config.name for served in self._manager.models()]
+        results = await asyncio.gather(
+            *(loop.run_in_executor(None, self._manager.refresh, name) for name in names),
+            return_exceptions=True,
+        )
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("refreshing model %s failed: %s", name, result)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.poll_once()
