@@ -1,9 +1,10 @@
 """A fake runtime for fast core tests: no TensorFlow, deterministic, observable.
 
 ``FakeModel`` implements the LoadedModel protocol; ``FakeLoader`` is a ``loader(config, path)``
-for ModelManager; ``RecordingObserver`` keeps the core's events. Gates (``threading.Event``)
-let a test hold a load or a request in flight; every gate wait has a timeout so a broken test
-fails instead of hanging.
+for ModelManager; ``RecordingObserver`` keeps the core's events; ``FakeMemory`` is a MemoryProbe
+whose resident memory is what the fake models currently loaded declare (their size on disk, as
+``make_repository(..., size=N)`` writes it). Gates (``threading.Event``) let a test hold a load
+or a request in flight; every gate wait has a timeout so a broken test fails instead of hanging.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 import numpy as np
 
 from tfmux.config import ModelConfig
+from tfmux.core.memory import size_on_disk
 from tfmux.types import DEFAULT_SIGNATURE, PREDICT_METHOD, Shape, SignatureSpec, TensorSpec
 
 GATE_TIMEOUT = 10.0  # seconds a gate is waited for before the fake gives up
 MARKER_FILE = "saved_model.pb"
+WEIGHTS_FILE = "variables/variables.data-00000-of-00001"  # holds a version's declared size
 
 TensorDecl = tuple[str, Shape | None]  # (dtype, shape)
 
@@ -201,6 +204,40 @@ class FakeLoader:
         with self._lock:
             return [m for models in self.models.values() for m in models]
 
+    def live(self) -> list[tuple[Path, FakeModel]]:
+        """(path, model) for every model built and not yet closed."""
+        with self._lock:
+            return [(p, m) for p, models in self.models.items() for m in models if not m.closed]
+
+
+class FakeMemory:
+    """A MemoryProbe over a FakeLoader: resident memory is ``base`` plus the cost of every model
+    the loader built and has not closed. A model costs ``scale`` times its version's size on
+    disk, fixed when the probe first sees it (change ``scale`` to make later loads cost more or
+    less than their size). ``releases`` counts ``release`` calls. Thread-safe.
+    """
+
+    def __init__(self, loader: FakeLoader, *, base: int = 0, scale: float = 1.0) -> None:
+        self.loader = loader
+        self.base = base
+        self.scale = scale
+        self.releases = 0
+        self._lock = threading.Lock()
+        self._costs: dict[FakeModel, int] = {}
+
+    def rss(self) -> int:
+        total = self.base
+        for path, model in self.loader.live():
+            with self._lock:
+                if model not in self._costs:
+                    self._costs[model] = int(self.scale * size_on_disk(path))
+                total += self._costs[model]
+        return total
+
+    def release(self) -> None:
+        with self._lock:
+            self.releases += 1
+
 
 @dataclass(frozen=True)
 class LoadEvent:
@@ -251,14 +288,23 @@ class RecordingObserver:
             self.dropped.append((name, version, reason))
 
 
-def make_repository(root: Path, models: Mapping[str, Iterable[int]]) -> Path:
-    """``<root>/<name>/<version>/`` with an empty marker file for every model and version."""
+def make_repository(root: Path, models: Mapping[str, Iterable[int]], size: int = 0) -> Path:
+    """``<root>/<name>/<version>/`` with an empty marker file for every model and version.
+
+    With ``size`` > 0 every version also gets a (sparse) weights file of ``size`` bytes: its
+    size on disk, from which the memory budget estimates it.
+    """
     for name, versions in models.items():
         (root / name).mkdir(parents=True, exist_ok=True)
         for version in versions:
             folder = root / name / str(version)
             folder.mkdir(exist_ok=True)
             (folder / MARKER_FILE).touch()
+            if size > 0:
+                weights = folder / WEIGHTS_FILE
+                weights.parent.mkdir(exist_ok=True)
+                with open(weights, "wb") as file:
+                    file.truncate(size)
     return root
 
 

@@ -120,10 +120,12 @@ class MemoryBudget:
             self._loading -= 1
         if not ok or not alone:
             return
-        measured = max(rss_after - rss_before, 0)
+        measured = rss_after - rss_before
+        if measured <= 0:
+            return  # reused memory already held (or another unload): nothing to attribute
         mv.memory_measured = measured
         disk = size_on_disk(mv.path)
-        if disk > 0 and measured > 0:
+        if disk > 0:
             observed = min(max(measured / disk, 0.5), 10.0)
             with self._lock:
                 self._ratio = 0.7 * self._ratio + 0.3 * observed

@@ -168,6 +168,7 @@ class ModelVersion:
             self.load_seconds = seconds
             if model is not None:
                 self._model, self._state = model, State.AVAILABLE
+                self.last_used = time.monotonic()  # loaded for a request: not an LRU victim
             else:
                 self._state, self._error = State.END, error
             self._cond.notify_all()

@@ -84,7 +84,9 @@ class ModelManager:
         if served.unloaded:
             return
         retired = self._select_versions(served, retry_all=False)
-        in_use = any(mv.state is State.AVAILABLE for mv in served.versions.values())
+        in_use = any(
+            mv.state is State.AVAILABLE or mv.evicted for mv in served.versions.values()
+        )
         if served.config.load == "eager" or in_use:
             wait(self._start_loads(served, skip=retired))
         self._retire_if_replaced(served, retired)
@@ -289,10 +291,18 @@ class ModelManager:
 
     async def lease(self, ref: ModelRef) -> Lease:
         """A lease on the version a request names, loading it first if it is lazy, evicted,
-        or failed and past its backoff."""
-        mv = self.resolve(ref)
-        if mv.state is State.END:
-            mv = self._revive(mv)
-        if mv.state in (State.START, State.LOADING):
-            await asyncio.wrap_future(mv.start_load(self._load_pool))
-        return mv.acquire()
+        or failed and past its backoff; loading it again if another load evicted it before
+        the lease was taken, and taking its successor if a version swap retired it."""
+        while True:
+            mv = self.resolve(ref)
+            if mv.state is State.END:
+                mv = self._revive(mv)
+            ended = mv.state is State.END
+            if mv.state in (State.START, State.LOADING):
+                await asyncio.wrap_future(mv.start_load(self._load_pool))
+            try:
+                return mv.acquire()
+            except ServingError:
+                # Retry an eviction, or a swap that retired the version since it was resolved.
+                if (ended or not mv.evicted) and self.resolve(ref) is mv:
+                    raise

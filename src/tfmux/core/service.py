@@ -65,6 +65,11 @@ class Management:
         return None
 
 
+class LoadFailed(ServingError):
+    """A load request that was allowed and found its model, but left no version AVAILABLE
+    (the kind is the load error's; transports may report it differently, as Triton does)."""
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     name: str
@@ -198,9 +203,9 @@ class ServingService:
     # -- management ------------------------------------------------------------------------
 
     async def load_model(self, name: str, authorization: str | None = None) -> None:
-        """Load (or reload) a model and wait; raises its load error if no version could be
-        made AVAILABLE. A model not yet served is looked for in the configured repositories
-        (never at a path a client sends)."""
+        """Load (or reload) a model and wait. A model not yet served is looked for in the
+        configured repositories (never at a path a client sends). Raises LoadFailed, with the
+        load error, if no version could be made AVAILABLE."""
         self.management.authorize(authorization)
         try:
             self.manager.get(name)
@@ -213,13 +218,16 @@ class ServingService:
             with contextlib.suppress(ValueError):  # a concurrent load added it first
                 self.manager.add_model(config)
         await asyncio.get_running_loop().run_in_executor(None, self.manager.load_model, name)
-        statuses = self.manager.statuses(name)
+        try:
+            statuses = self.manager.statuses(name)
+        except ServingError as exc:  # no version on disk at all
+            raise LoadFailed(exc.kind, f"failed to load model {name}: {exc.message}") from None
         if not any(s.state == "AVAILABLE" for s in statuses):
             failed = [s for s in statuses if s.error_code != "OK"]
             code = failed[0].error_code if failed else ErrorKind.UNAVAILABLE.value
             kind = ErrorKind.__members__.get(code, ErrorKind.UNKNOWN)
             detail = failed[0].error_message if failed else "no version is available"
-            raise ServingError(kind, f"failed to load model {name}: {detail}")
+            raise LoadFailed(kind, f"failed to load model {name}: {detail}")
 
     async def unload_model(self, name: str, authorization: str | None = None) -> None:
         """Unload every version of a model, after its in-flight requests have finished."""
@@ -263,4 +271,11 @@ def signature_of(lease: Lease, name: str) -> SignatureSpec:
     return signature
 
 
-__all__ = ["InputDecoder", "Inputs", "ModelMetadata", "ServingService"]
+__all__ = [
+    "InputDecoder",
+    "Inputs",
+    "LoadFailed",
+    "Management",
+    "ModelMetadata",
+    "ServingService",
+]
