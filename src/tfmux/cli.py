@@ -1,4 +1,5 @@
-"""The ``tfmux`` command: serve models, write the demo models."""
+"""The ``tfmux`` command: serve models, write the demo models, and list, load and unload the
+models of a running server."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import click
 
+from tfmux import admin_client as admin
 from tfmux.config import ConfigError, ModelSources, build_config, parse_size
 from tfmux.demo import write_demo_models
 
@@ -261,3 +263,41 @@ def demo_models(directory: Path) -> None:
     """Write the embedded demo models (binary: TF2, regression: TF1) into DIRECTORY."""
     for name, path in write_demo_models(directory).items():
         click.echo(f"{name}: {path}")
+
+
+# -- against a running server ------------------------------------------------------------------
+
+
+@main.command("models", context_settings=CONTEXT)
+@admin.server_options
+def models_command(url: str, token: str | None) -> None:
+    """List a running server's models, with state and memory.
+
+    One row per model version: its state, what it costs in memory (measured, or ~estimated),
+    and why it is not ready, when it is not.
+    """
+    admin.run(url, token, admin.show_models)
+
+
+@main.command("load", context_settings=CONTEXT)
+@click.argument("name", callback=admin.model_name)
+@admin.server_options
+def load_command(name: str, url: str, token: str | None) -> None:
+    """Load (or reload) a model on a running server, with progress.
+
+    NAME is a configured model or a folder of one of the server's model repositories.
+    Exit codes: 1 the load failed, 3 no server at --url, 4 management refused.
+    """
+    admin.run(url, token, lambda client, console: admin.load(client, console, name))
+
+
+@main.command("unload", context_settings=CONTEXT)
+@click.argument("name", callback=admin.model_name)
+@admin.server_options
+def unload_command(name: str, url: str, token: str | None) -> None:
+    """Unload a model on a running server.
+
+    Every version of NAME is unloaded once its in-flight requests finish; the model stays
+    configured, and `tfmux load NAME` brings it back.
+    """
+    admin.run(url, token, lambda client, console: admin.unload(client, console, name))

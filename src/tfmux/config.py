@@ -100,6 +100,12 @@ class ModelConfig(BaseModel):
     labels: dict[str, int] = Field(default_factory=dict)
     batching: BatchingConfig | None = None  # None: the server's defaults
     pinned: bool = False  # never evicted to make room under the memory budget
+    warmup: Literal["none", "synthetic"] = "none"
+    """What runs on a new version before it serves when it has no
+    ``assets.extra/tf_serving_warmup_requests`` file (a file, when present, is always
+    replayed): ``none``, or ``synthetic``, one batch-1 call of zeros / empty strings per
+    signature whose input shapes are known beyond the batch dimension (best effort: a call
+    that fails is logged, not fatal)."""
 
     @field_validator("name")
     @classmethod

@@ -33,7 +33,8 @@ GRACE_SECONDS = 30  # how long shutdown waits for in-flight requests
 
 
 def saved_model_loader(server: ServerConfig) -> ModelLoader:
-    """The production loader: TensorFlow runtimes, imported on first load."""
+    """The production loader: TensorFlow runtimes, imported on first load; each version is
+    warmed up before it is returned (and so before it becomes AVAILABLE)."""
     session = {
         "intra_op_threads": server.tf_intra_op_threads,
         "inter_op_threads": server.tf_inter_op_threads,
@@ -41,8 +42,15 @@ def saved_model_loader(server: ServerConfig) -> ModelLoader:
 
     def load(config: ModelConfig, path: Path) -> LoadedModel:
         from tfmux.runtimes import load_model
+        from tfmux.runtimes.warmup import warm_up
 
-        return load_model(path, config.runtime, **session)
+        model = load_model(path, config.runtime, **session)
+        try:
+            warm_up(model, path, config.name, synthetic=config.warmup == "synthetic")
+        except BaseException:
+            model.close()
+            raise
+        return model
 
     return load
 
@@ -192,7 +200,9 @@ class TfmuxServer:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto
+    # says TCP; with proto 0, keep-alive responses waited ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -84,9 +84,7 @@ class ModelManager:
         if served.unloaded:
             return
         retired = self._select_versions(served, retry_all=False)
-        in_use = any(
-            mv.state is State.AVAILABLE or mv.evicted for mv in served.versions.values()
-        )
+        in_use = any(mv.state is State.AVAILABLE or mv.evicted for mv in served.versions.values())
         if served.config.load == "eager" or in_use:
             wait(self._start_loads(served, skip=retired))
         self._retire_if_replaced(served, retired)

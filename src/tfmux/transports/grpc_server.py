@@ -50,3 +50,11 @@ def grpc_deadline(context: grpc.aio.ServicerContext) -> float | None:
     """The client's gRPC deadline as ``time.monotonic()`` seconds, if it set one."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+def authorization(context: grpc.aio.ServicerContext) -> str | None:
+    """The ``authorization`` metadata of a call (management calls' bearer token), if sent."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None

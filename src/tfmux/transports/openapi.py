@@ -141,8 +141,9 @@ def _v2_paths() -> Json:
     control = {"content": {"application/json": {"schema": _obj({"parameters": OBJECT})}}}
     for action in ("load", "unload"):
         path = f"/v2/repository/models/{{model_name}}/{action}"
-        summary = f"{action.capitalize()} a configured model"
+        summary = f"{action.capitalize()} a configured model, or a repository folder, by name"
         paths[path] = _item("post", path, summary, EMPTY_OK, control)
+        paths[path]["post"]["security"] = [{}, {"adminToken": []}]  # the token, when set
     return paths
 
 
@@ -246,6 +247,8 @@ def _schemas() -> Json:
                 "version": STRING,
                 "state": {"enum": ["READY", "UNAVAILABLE", "LOADING", "UNLOADING", "UNKNOWN"]},
                 "reason": STRING,
+                "memory_bytes": {"type": "integer", "minimum": 0},  # tfmux's: once loaded
+                "memory_measured": {"type": "boolean"},
             },
             ("name", "state"),
         ),
@@ -262,7 +265,10 @@ def document() -> Json:
             "description": "Serve many TensorFlow SavedModels: TF Serving REST and KServe V2.",
         },
         "paths": _tfs_paths() | _v2_paths() | _ops_paths(),
-        "components": {"schemas": _schemas()},
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        },
     }
 
 

@@ -60,9 +60,11 @@ Route = Callable[[str, str], Handler | None]
 
 
 def error_response(exc: ServingError) -> Response:
-    """The HTTP answer for an error: TF Serving's status for its kind, 413 for big bodies."""
+    """The HTTP answer for an error: TF Serving's status for its kind, 413 for big bodies;
+    a 401 names the scheme it wants (``WWW-Authenticate: Bearer``)."""
     status = 413 if isinstance(exc, PayloadTooLarge) else HTTP_STATUS.get(exc.kind, 500)
-    return Response(status, encode_error(exc.message))
+    challenge = [(b"www-authenticate", b'Bearer realm="tfmux"')] if status == 401 else []
+    return Response(status, encode_error(exc.message), headers=challenge)
 
 
 class RestApp:

@@ -31,7 +31,7 @@ from tfmux.config import ConfigError, ModelConfig, models_from_tfs_message
 from tfmux.core.service import ServingService
 from tfmux.errors import ErrorKind, ServingError, internal, invalid_argument, unimplemented
 from tfmux.transports import tfs_protos as protos
-from tfmux.transports.grpc_server import abort_with, grpc_deadline
+from tfmux.transports.grpc_server import abort_with, authorization, grpc_deadline
 from tfmux.transports.tensor_proto import to_array, write_tensor_proto
 from tfmux.types import CLASSIFY_METHOD, REGRESS_METHOD, InferenceResult, ModelRef, SignatureSpec
 
@@ -42,7 +42,7 @@ Servicer = TypeVar("Servicer")
 Handler = Callable[[Servicer, Request, grpc.aio.ServicerContext], Awaitable[Response]]
 _SIGNATURE_DEF = "signature_def"
 # ModelConfig fields a TF Serving ModelServerConfig has no place for.
-_TFMUX_ONLY = ("load", "runtime", "batching")
+_TFMUX_ONLY = ("load", "runtime", "batching", "warmup")
 
 
 def _rpc(handler: Handler[Servicer, Request, Response]) -> Handler[Servicer, Request, Response]:
@@ -251,8 +251,11 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignor
 
         An unset config changes nothing (as in TF Serving). New models load eagerly; models
         already served keep their load mode, runtime and batching. A new model that does not
-        become available fails the call with UNKNOWN, as TF Serving's does.
+        become available fails the call with UNKNOWN, as TF Serving's does. Needs the admin
+        token in ``authorization`` metadata, even for a call that changes nothing.
         """
+        token = authorization(context)
+        self._service.management.authorize(token)
         if request.config.WhichOneof("config") is None:
             return model_management_pb2.ReloadConfigResponse(status=protos.status_proto())
         names = [model.name for model in request.config.model_config_list.config]
@@ -264,7 +267,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignor
             _keep_own_settings(config, current.get(config.name))
             for config in models_from_tfs_message(request.config, Path.cwd(), "eager")
         ]
-        await self._service.reconfigure(configs)
+        await self._service.reconfigure(configs, token)
         failed = [self._unavailable(c.name) for c in configs if c.name not in current]
         problems = [problem for problem in failed if problem]
         if problems:

@@ -196,19 +196,20 @@ def _row_predictions(outputs: Mapping[str, np.ndarray]) -> Any:
 
 
 def encode_status(statuses: Sequence[VersionStatus]) -> bytes:
-    """GetModelStatusResponse JSON: versions as strings, error_message always present."""
-    return dumps(
-        {
-            "model_version_status": [
-                {
-                    "version": str(s.version),
-                    "state": s.state,
-                    "status": {"error_code": s.error_code, "error_message": s.error_message},
-                }
-                for s in statuses
-            ]
-        }
-    )
+    """GetModelStatusResponse JSON: versions as strings, error_message always present, and
+    tfmux's own ``memory_bytes`` (what the version costs) when it is known."""
+    return dumps({"model_version_status": [_version_status(s) for s in statuses]})
+
+
+def _version_status(status: VersionStatus) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "version": str(status.version),
+        "state": status.state,
+        "status": {"error_code": status.error_code, "error_message": status.error_message},
+    }
+    if status.memory_bytes is not None:
+        entry["memory_bytes"] = status.memory_bytes
+    return entry
 
 
 def encode_metadata(name: str, version: int, signatures: Mapping[str, SignatureSpec]) -> bytes:

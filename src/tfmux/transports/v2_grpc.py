@@ -18,17 +18,16 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from tfmux import __version__
-from tfmux.core.service import ServingService
+from tfmux.core.service import LoadFailed, ServingService
 from tfmux.errors import (
     ErrorKind,
     ServingError,
     failed_precondition,
     invalid_argument,
-    not_found,
 )
 from tfmux.errors import unimplemented as unimplemented_error
 from tfmux.transports import v2_proto, v2_types
-from tfmux.transports.grpc_server import abort_with, grpc_deadline
+from tfmux.transports.grpc_server import abort_with, authorization, grpc_deadline
 from tfmux.types import DEFAULT_SIGNATURE, ModelRef, SignatureSpec, VersionStatus
 
 log = logging.getLogger("tfmux.v2_grpc")
@@ -162,8 +161,9 @@ class KServeGrpc:
 
     @_guarded
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
-        """Load (or reload) a configured model from its base path. As in Triton (and the V2
-        REST door), a load that fails is INVALID_ARGUMENT with the load error's message."""
+        """Load (or reload) a configured model, or a folder of a configured repository, by
+        name. As in Triton (and the V2 REST door), a load that fails is INVALID_ARGUMENT with
+        the load error's message. Needs the admin token in ``authorization`` metadata."""
         _only_default_repository(request.repository_name)
         for key in request.parameters:
             if key == "config" or key.startswith("file:"):
@@ -173,11 +173,9 @@ class KServeGrpc:
                 )
             raise invalid_argument(f"unrecognized load parameter '{key}'")
         name = v2_proto.require_name(request.model_name)
-        if all(configured != name for configured, _ in self._service.repository_index()):
-            raise not_found(f"Could not find any versions of model {name}")
         try:
-            await self._service.load_model(name)
-        except ServingError as exc:
+            await self._service.load_model(name, authorization(context))
+        except LoadFailed as exc:
             raise invalid_argument(exc.message) from exc
         return pb.RepositoryModelLoadResponse()
 
@@ -188,7 +186,8 @@ class KServeGrpc:
         dependents = request.parameters.get("unload_dependents")
         if dependents is not None and dependents.WhichOneof("parameter_choice") != "bool_param":
             raise invalid_argument("parameter 'unload_dependents' must be a bool_param")
-        await self._service.unload_model(v2_proto.require_name(request.model_name))
+        name = v2_proto.require_name(request.model_name)
+        await self._service.unload_model(name, authorization(context))
         return pb.RepositoryModelUnloadResponse()
 
     def _index_entry(self, name: str, status: VersionStatus | None) -> Any:

@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 import tfmux
-from tfmux.core.service import ServingService
+from tfmux.core.service import LoadFailed, ServingService
 from tfmux.errors import ServingError, failed_precondition, invalid_argument, not_found
 from tfmux.transports import v2_json
 from tfmux.transports.rest import Handler, Request, Response
@@ -132,12 +132,16 @@ class KServeRest:
         reason = status.error_message
         if not reason and status.state in ("START", "END"):
             reason = "not loaded yet" if status.state == "START" else "unloaded"
-        return {
+        entry: dict[str, Any] = {
             "name": name,
             "version": str(status.version),
             "state": TRITON_STATE.get(status.state, "UNKNOWN"),
             "reason": reason,
         }
+        if status.memory_bytes is not None:  # tfmux's own keys: what the version costs
+            entry["memory_bytes"] = status.memory_bytes
+            entry["memory_measured"] = status.memory_measured
+        return entry
 
     def _why_no_version(self, name: str) -> str:
         try:
@@ -153,18 +157,16 @@ class KServeRest:
                 "loading with a 'config' or files in the request is not supported: tfmux "
                 "loads models only from its configured repositories"
             )
-        self._statuses(name)  # 404 for a model that is not configured
         try:
-            await self._service.load_model(name)
-        except ServingError as exc:
+            await self._service.load_model(name, _authorization(request))
+        except LoadFailed as exc:  # Triton answers 400 for a load that fails
             raise invalid_argument(exc.message) from exc
         return Response(200, b"", TEXT)
 
     async def _unload(self, name: str, request: Request) -> Response:
         params = _control_parameters(request.body)
         _flag(params, "unload_dependents")  # tfmux models have no dependents
-        self._statuses(name)
-        await self._service.unload_model(name)
+        await self._service.unload_model(name, _authorization(request))
         return Response(200, b"", TEXT)
 
     def _repository(self) -> list[tuple[str, VersionStatus | None]]:
@@ -182,6 +184,12 @@ def _model_ref(name: str, version: str | None) -> ModelRef:
     if version is not None and not (version.isascii() and version.isdigit()):
         raise invalid_argument(f"version must be a non-negative integer, not '{version}'")
     return ModelRef(name, int(version) if version is not None else None)
+
+
+def _authorization(request: Request) -> str | None:
+    """The Authorization header (a management call's bearer token), if sent."""
+    value = request.headers.get(b"authorization")
+    return None if value is None else value.decode("latin-1")
 
 
 def _body_object(body: bytes) -> dict[str, Any]:
