@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -551,7 +552,7 @@ def test_requests_are_counted_by_method(client, http) -> None:
 
 def own_config(root: Path, *names: str) -> ServerConfig:
     models = [ModelConfig(name=name, base_path=root / name) for name in names]
-    return ServerConfig(grpc_port=0, models=models)
+    return ServerConfig(grpc_port=0, models=models, model_repositories=[root])
 
 
 @pytest.fixture
@@ -615,7 +616,8 @@ def test_reload_config_errors_leave_the_server_serving(own_server, model_root) -
 
 def test_reload_keeps_settings_a_tf_serving_config_cannot_express(model_root) -> None:
     lazy = ModelConfig(name="binary", base_path=model_root / "binary", load="lazy")
-    with BackgroundServer(ServerConfig(grpc_port=0, models=[lazy])) as server:
+    config = ServerConfig(grpc_port=0, models=[lazy], model_repositories=[model_root])
+    with BackgroundServer(config) as server:
         address = f"127.0.0.1:{server.server.grpc_port}"
         with grpc.insecure_channel(address) as channel:
             client = Client(channel)
@@ -623,6 +625,23 @@ def test_reload_keeps_settings_a_tf_serving_config_cannot_express(model_root) ->
             client.models.HandleReloadConfigRequest(request, timeout=120)
             assert status(client, "binary") == [(1, "START", 0)]  # still lazy, not reloaded
             assert status(client, "regression") == [(1, "AVAILABLE", 0)]  # new: eager
+
+
+def test_reload_refuses_paths_outside_configured_repositories(model_root, tmp_path) -> None:
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(model_root / "regression", outside / "regression")
+    lazy = ModelConfig(name="binary", base_path=model_root / "binary", load="lazy")
+    config = ServerConfig(grpc_port=0, models=[lazy], model_repositories=[model_root])
+    with BackgroundServer(config) as server:
+        address = f"127.0.0.1:{server.server.grpc_port}"
+        with grpc.insecure_channel(address) as channel:
+            client = Client(channel)
+            request = reload_request(outside, regression="regression")
+            with pytest.raises(grpc.RpcError) as info:
+                client.models.HandleReloadConfigRequest(request, timeout=60)
+            assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert "configured model repository" in info.value.details()
+            assert status(client, "binary") == [(1, "START", 0)]  # nothing changed
 
 
 def test_messages_over_4_mib_are_accepted_by_default(own_server) -> None:

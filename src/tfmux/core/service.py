@@ -55,6 +55,18 @@ class Management:
                 "management calls need the header 'Authorization: Bearer <admin token>'",
             )
 
+    def check_path(self, config: ModelConfig, current: Path | None) -> None:
+        """PERMISSION_DENIED unless ``config`` reads the model's current base path or a
+        folder directly inside a configured repository."""
+        path = config.base_path.resolve()
+        if path == current or any(path.parent == root.resolve() for root in self.repositories):
+            return
+        raise ServingError(
+            ErrorKind.PERMISSION_DENIED,
+            f"model {config.name}: base path {config.base_path} is neither the model's current "
+            "one nor a folder of a configured model repository",
+        )
+
     def discover(self, name: str) -> ModelConfig | None:
         """A model not yet configured, found by name in a configured repository."""
         if not MODEL_NAME_RE.match(name):
@@ -237,8 +249,13 @@ class ServingService:
     async def reconfigure(
         self, configs: list[ModelConfig], authorization: str | None = None
     ) -> None:
-        """Serve exactly these models (TF Serving's HandleReloadConfigRequest)."""
+        """Serve exactly these models (TF Serving's HandleReloadConfigRequest). Each base
+        path must be one the server already serves that model from, or a model folder of a
+        configured repository: a client never makes the server read a path of its choosing."""
         self.management.authorize(authorization)
+        served = {m.config.name: m.config.base_path for m in self.manager.models()}
+        for config in configs:
+            self.management.check_path(config, served.get(config.name))
         await asyncio.get_running_loop().run_in_executor(None, self.manager.reconfigure, configs)
 
     def repository_index(self) -> list[tuple[str, VersionStatus | None]]:

@@ -42,7 +42,7 @@ Servicer = TypeVar("Servicer")
 Handler = Callable[[Servicer, Request, grpc.aio.ServicerContext], Awaitable[Response]]
 _SIGNATURE_DEF = "signature_def"
 # ModelConfig fields a TF Serving ModelServerConfig has no place for.
-_TFMUX_ONLY = ("load", "runtime", "batching", "warmup")
+_TFMUX_ONLY = ("load", "runtime", "batching", "warmup", "pinned")
 
 
 def _rpc(handler: Handler[Servicer, Request, Response]) -> Handler[Servicer, Request, Response]:
