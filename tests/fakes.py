@@ -263,6 +263,9 @@ class RecordingObserver:
         self.requests: list[RequestEvent] = []
         self.batches: list[tuple[str, str, int, int]] = []  # (name, version, rows, requests)
         self.dropped: list[tuple[str, str, str]] = []  # (name, version, reason)
+        self.routes: list[tuple[str, str, str]] = []  # (name, arm, version)
+        # (name, version, shadow version, outcome, mean abs diff per output)
+        self.shadows: list[tuple[str, str, str, str, dict[str, float]]] = []
 
     def model_loaded(self, name: str, version: int, seconds: float, error: str | None) -> None:
         assert seconds >= 0
@@ -286,6 +289,16 @@ class RecordingObserver:
     def request_dropped(self, name: str, version: str, reason: str) -> None:
         with self._lock:
             self.dropped.append((name, version, reason))
+
+    def routed(self, name: str, arm: str, version: str) -> None:
+        with self._lock:
+            self.routes.append((name, arm, version))
+
+    def shadow_done(
+        self, name: str, version: str, shadow_version: str, outcome: str, diffs: dict[str, float]
+    ) -> None:
+        with self._lock:
+            self.shadows.append((name, version, shadow_version, outcome, dict(diffs)))
 
 
 def make_repository(root: Path, models: Mapping[str, Iterable[int]], size: int = 0) -> Path:

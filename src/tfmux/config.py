@@ -87,6 +87,35 @@ class BatchingConfig(BaseModel):
         return tuple(sorted(set(sizes)))
 
 
+class ShadowConfig(BaseModel):
+    """Mirror a share of a model's requests to another version (or model, for an alias)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    target: str
+    percent: float = Field(default=100.0, ge=0, le=100)
+
+
+class TrafficConfig(BaseModel):
+    """How requests that name only the model are spread: ``split`` maps labels or version
+    numbers (or, for an alias, model names) to weights; ``shadow`` mirrors some of them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    split: dict[str, float] = Field(default_factory=dict)
+    shadow: ShadowConfig | None = None
+
+
+class AliasConfig(BaseModel):
+    """A public name whose requests go to other models by weight (comparing architectures)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    split: dict[str, float]
+    shadow: ShadowConfig | None = None
+
+
 class ModelConfig(BaseModel):
     """One served model: where its versions live and how to serve them."""
 
@@ -100,6 +129,7 @@ class ModelConfig(BaseModel):
     labels: dict[str, int] = Field(default_factory=dict)
     batching: BatchingConfig | None = None  # None: the server's defaults
     pinned: bool = False  # never evicted to make room under the memory budget
+    traffic: TrafficConfig = Field(default_factory=TrafficConfig)
     warmup: Literal["none", "synthetic"] = "none"
     """What runs on a new version before it serves when it has no
     ``assets.extra/tf_serving_warmup_requests`` file (a file, when present, is always
@@ -154,6 +184,7 @@ class ServerConfig(BaseModel):
     gpu_memory_limit_mb: int | None = Field(default=None, ge=1)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     models: list[ModelConfig] = Field(default_factory=list)
+    aliases: list[AliasConfig] = Field(default_factory=list)
 
 
 @dataclass
@@ -210,9 +241,9 @@ def load_yaml_config(path: Path, load: str) -> tuple[dict[str, Any], list[ModelC
         raise ConfigError(f"cannot read config {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    unknown = set(data) - {"server", "models"}
+    unknown = set(data) - {"server", "models", "aliases"}
     if unknown:
-        allowed = "allowed: server, models"
+        allowed = "allowed: server, models, aliases"
         raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)} ({allowed})")
     raw_models = data.get("models") or {}
     if isinstance(raw_models, dict):
@@ -237,6 +268,11 @@ def load_yaml_config(path: Path, load: str) -> tuple[dict[str, Any], list[ModelC
     server = data.get("server") or {}
     if not isinstance(server, dict):
         raise ConfigError(f"{path}: server must be a mapping")
+    aliases = data.get("aliases") or {}
+    if not isinstance(aliases, dict) or not all(isinstance(a, dict) for a in aliases.values()):
+        raise ConfigError(f"{path}: aliases must map each alias name to its split")
+    if aliases:
+        server = {**server, "aliases": [{"name": k, **v} for k, v in aliases.items()]}
     return server, models
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, Summary, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -92,6 +92,25 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.routes = Counter(
+            "tfmux_routed_requests",
+            "Requests that named only the model (or alias), by the split arm and version chosen.",
+            ["model", "arm", "version"],
+            registry=self.registry,
+        )
+        self.shadows = Counter(
+            "tfmux_shadow_requests",
+            "Mirrored requests by outcome: agree, disagree, error, dropped (over its budget).",
+            ["model", "version", "shadow_version", "outcome"],
+            registry=self.registry,
+        )
+        self.shadow_diff = Summary(
+            "tfmux_shadow_mean_abs_diff",
+            "Mean absolute difference between shadow and primary, per numeric output.",
+            ["model", "version", "shadow_version", "output"],
+            registry=self.registry,
+        )
+
     def watch(self, manager: ModelManager) -> None:
         """Report model states read from ``manager`` at each scrape."""
         self.registry.register(_StateCollector(manager))
@@ -121,6 +140,16 @@ class Metrics:
 
     def request_dropped(self, name: str, version: str, reason: str) -> None:
         self.dropped.labels(name, version, reason).inc()
+
+    def routed(self, name: str, arm: str, version: str) -> None:
+        self.routes.labels(name, arm, version).inc()
+
+    def shadow_done(
+        self, name: str, version: str, shadow_version: str, outcome: str, diffs: dict[str, float]
+    ) -> None:
+        self.shadows.labels(name, version, shadow_version, outcome).inc()
+        for output, diff in diffs.items():
+            self.shadow_diff.labels(name, version, shadow_version, output).observe(diff)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

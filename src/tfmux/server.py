@@ -137,6 +137,7 @@ class TfmuxServer:
             log.info("%s", self.runtime_report)
         for model in self.config.models:
             self.manager.add_model(model)
+        self.manager.traffic.set_aliases(self.config.aliases)
         sock = _bind(self.config.host, self.config.http_port)
         self.http_port = sock.getsockname()[1]
         self._http = _UvicornServer(
@@ -178,6 +179,7 @@ class TfmuxServer:
             await self._grpc.stop(grace=GRACE_SECONDS)
         if self._http_task is not None:
             await self._http_task
+        await self.service.stop_shadows()
         await asyncio.get_running_loop().run_in_executor(None, self.service.close)
 
     async def run_until_signal(self, on_ready: Callable[[TfmuxServer], None]) -> None:

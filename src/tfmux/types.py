@@ -85,6 +85,7 @@ class ModelRef:
     name: str
     version: int | None = None
     label: str | None = None
+    routing_key: str | None = None  # sticky split assignment (e.g. X-Routing-Key)
 
     def describe(self) -> str:
         """TF Serving's wording for the servable a request asks for."""
@@ -103,6 +104,8 @@ class InferenceResult:
     version: int
     signature: SignatureSpec
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)  # as validated and run
+    arm: str = ""  # the split arm that chose this version, when a split did
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from tfmux.core.policy import latest_version, versions_to_serve
 from tfmux.core.repository import list_versions
 from tfmux.core.runtime import LoadedModel
 from tfmux.core.served import ServedModel
+from tfmux.core.traffic import TrafficTable
 from tfmux.errors import ServingError, not_found
 from tfmux.types import ModelRef, VersionStatus
 
@@ -47,6 +48,7 @@ class ModelManager:
         self._models: dict[str, ServedModel] = {}
         self._load_pool = ThreadPoolExecutor(max_concurrent_loads, thread_name_prefix="tfmux-load")
         self.budget = MemoryBudget(memory_budget, probe or ProcessMemory(), self._held)
+        self.traffic = TrafficTable()
 
     # -- configuration -------------------------------------------------------------------
 
@@ -57,6 +59,7 @@ class ModelManager:
             if config.name in self._models:
                 raise ValueError(f"model {config.name!r} is already served")
             self._models[config.name] = served
+        self.traffic.configure_model(config)
         self._select_versions(served, retry_all=True)
         if config.load == "eager":
             self._start_loads(served)
@@ -72,6 +75,8 @@ class ModelManager:
             served.unloaded = False
             if config is not None:
                 served.config = config
+        if config is not None:
+            self.traffic.configure_model(config)
         retired = self._select_versions(served, retry_all=True)
         wait(self._start_loads(served, skip=retired))
         self._retire_if_replaced(served, retired)
@@ -116,6 +121,7 @@ class ModelManager:
         """Stop serving a model: unload all its versions (blocks until leases are released)."""
         with self._lock:
             served = self._models.pop(name, None)
+        self.traffic.drop_model(name)
         if served is None:
             raise not_found(f"Could not find any versions of model {name}")
         self._unload(list(served.versions.values()))
@@ -262,7 +268,7 @@ class ModelManager:
             if served is None:
                 raise missing
             if ref.label is not None:
-                version = served.config.labels.get(ref.label)
+                version = self.traffic.label_version(ref.name, ref.label)
                 if version is None:
                     raise not_found(f"Unknown label '{ref.label}' of model {ref.name}")
             elif ref.version is not None:

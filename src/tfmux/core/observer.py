@@ -24,6 +24,15 @@ class Observer(Protocol):
     def request_dropped(self, name: str, version: str, reason: str) -> None:
         """A queued request was dropped: "queue_full", "deadline" or "cancelled"."""
 
+    def routed(self, name: str, arm: str, version: str) -> None:
+        """A request that named only ``name`` went to split arm ``arm``, served by ``version``."""
+
+    def shadow_done(
+        self, name: str, version: str, shadow_version: str, outcome: str, diffs: dict[str, float]
+    ) -> None:
+        """A mirror of a request to ``name`` ended: "agree", "disagree", "error", "dropped";
+        ``diffs``: mean absolute difference per numeric output."""
+
 
 class NullObserver:
     """Reports nothing."""
@@ -34,6 +43,14 @@ class NullObserver:
         pass
 
     def request_dropped(self, name: str, version: str, reason: str) -> None:
+        pass
+
+    def routed(self, name: str, arm: str, version: str) -> None:
+        pass
+
+    def shadow_done(
+        self, name: str, version: str, shadow_version: str, outcome: str, diffs: dict[str, float]
+    ) -> None:
         pass
 
     def model_loaded(self, name: str, version: int, seconds: float, error: str | None) -> None:

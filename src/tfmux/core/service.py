@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tfmux.config import MODEL_NAME_RE, BatchingConfig, ModelConfig
+from tfmux.config import MODEL_NAME_RE, BatchingConfig, ModelConfig, TrafficConfig
 from tfmux.core.lifecycle import Lease, State
 from tfmux.core.manager import ModelManager
 from tfmux.core.observer import NullObserver, Observer
 from tfmux.core.runner import ModelRunner
+from tfmux.core.shadow import ShadowRunner
+from tfmux.core.traffic import Routing
 from tfmux.core.validation import validate_inputs
 from tfmux.errors import ErrorKind, ServingError, invalid_argument, not_found
 from tfmux.types import (
@@ -108,6 +110,7 @@ class ServingService:
         self._batching = batching or BatchingConfig()
         self._request_timeout = request_timeout
         self.management = management or Management()
+        self._shadows = ShadowRunner(self._shadow_call, self._observer)
         self._runner = ModelRunner(self._pool, self._batching_for, self._observer)
 
     def _batching_for(self, name: str) -> BatchingConfig:
@@ -116,6 +119,10 @@ class ServingService:
             if own is not None:
                 return own
         return self._batching
+
+    async def stop_shadows(self) -> None:
+        """Cancel shadow runs still going (before ``close``)."""
+        await self._shadows.close()
 
     def close(self) -> None:
         """Wait for running inferences, then unload every model."""
@@ -147,12 +154,19 @@ class ServingService:
             deadline = default if deadline is None else min(deadline, default)
         version = ""
         error: str | None = None
+        route = self.manager.traffic.route(ref)
         try:
-            with await self._lease(ref, deadline) as lease:
+            with await self._lease(route.ref, deadline) as lease:
                 version = str(lease.version)
-                return await self._run(
+                result = await self._run(
                     lease, inputs, signature_name, output_names, method_name, deadline
                 )
+            result.arm = route.arm
+            if route.arm:
+                self._observer.routed(ref.name, route.arm, version)
+            if route.shadow is not None:
+                self._shadows.submit(route.shadow, result)
+            return result
         except ServingError as exc:
             error = exc.kind.value
             raise
@@ -164,7 +178,7 @@ class ServingService:
             raise
         finally:
             seconds = time.perf_counter() - started
-            self._observer.request_done(ref.name, version, method, seconds, error)
+            self._observer.request_done(route.ref.name, version, method, seconds, error)
 
     async def _run(
         self,
@@ -190,7 +204,14 @@ class ServingService:
                     f"(outputs: {', '.join(sorted(signature.outputs))})"
                 )
         outputs = await self._runner.run(lease, signature, tensors, wanted, deadline)
-        return InferenceResult(lease.name, lease.version, signature, outputs)
+        return InferenceResult(lease.name, lease.version, signature, outputs, tensors)
+
+    async def _shadow_call(self, ref: ModelRef, primary: InferenceResult) -> InferenceResult:
+        """The mirrored request: the primary's inputs, signature and outputs."""
+        with await self.manager.lease(ref) as lease:
+            return await self._run(
+                lease, primary.inputs, primary.signature.name, list(primary.outputs), None, None
+            )
 
     async def _lease(self, ref: ModelRef, deadline: float | None) -> Lease:
         if deadline is None:
@@ -206,7 +227,7 @@ class ServingService:
 
     async def metadata(self, ref: ModelRef) -> ModelMetadata:
         """Signatures of the version ``ref`` names (loads a lazy model)."""
-        with await self.manager.lease(ref) as lease:
+        with await self.manager.lease(self.manager.traffic.route(ref).ref) as lease:
             return ModelMetadata(lease.name, lease.version, lease.model.signatures)
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
@@ -257,6 +278,20 @@ class ServingService:
         for config in configs:
             self.management.check_path(config, served.get(config.name))
         await asyncio.get_running_loop().run_in_executor(None, self.manager.reconfigure, configs)
+
+    def set_traffic(
+        self,
+        name: str,
+        labels: dict[str, int] | None = None,
+        traffic: TrafficConfig | None = None,
+        allow_unavailable: bool = False,
+        authorization: str | None = None,
+    ) -> Routing:
+        """Move labels and/or replace the split and shadow of a model, atomically."""
+        self.management.authorize(authorization)
+        served = self.manager.get(name)
+        versions = {v: mv.state is State.AVAILABLE for v, mv in list(served.versions.items())}
+        return self.manager.traffic.update(name, labels, traffic, versions, allow_unavailable)
 
     def repository_index(self) -> list[tuple[str, VersionStatus | None]]:
         """Every configured model with each served version's status (None: no version)."""

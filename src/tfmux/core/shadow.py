@@ -1,0 +1,85 @@
+"""Shadow traffic: mirror requests to another version, compare, never touch the caller.
+
+Shadow runs are owned here (tracked tasks, cancelled at close), bounded (beyond
+``max_inflight`` concurrent shadow runs a mirror is dropped, not queued, so shadow work can
+never pile up behind or slow the primary by more than that share), and their errors only
+reach metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from tfmux.core.observer import Observer
+from tfmux.errors import ServingError
+from tfmux.types import InferenceResult, ModelRef
+
+log = logging.getLogger("tfmux.shadow")
+
+ShadowCall = Callable[[ModelRef, InferenceResult], Awaitable[InferenceResult]]
+
+
+def compare(
+    primary: dict[str, np.ndarray], shadow: dict[str, np.ndarray]
+) -> tuple[bool, dict[str, float]]:
+    """(every output agrees, mean absolute difference per numeric output)."""
+    agreed, diffs = True, dict[str, float]()
+    for name, want in primary.items():
+        have = shadow.get(name)
+        if have is None or have.shape != want.shape:
+            agreed = False
+            continue
+        if want.dtype.kind in "biuf" and have.dtype.kind in "biuf":
+            a, b = want.astype(np.float64), have.astype(np.float64)
+            diffs[name] = float(np.mean(np.abs(a - b))) if a.size else 0.0
+            agreed = agreed and bool(np.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True))
+        else:
+            agreed = agreed and bool(np.array_equal(want, have))
+    return agreed, diffs
+
+
+class ShadowRunner:
+    """Event-loop side only. ``call`` runs the mirrored request (same inputs and outputs)."""
+
+    def __init__(self, call: ShadowCall, observer: Observer, max_inflight: int = 2) -> None:
+        self._call = call
+        self._observer = observer
+        self._max = max_inflight
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, ref: ModelRef, primary: InferenceResult) -> None:
+        """Mirror one answered request, unless the shadow budget is used up."""
+        if len(self._tasks) >= self._max:
+            self._observer.shadow_done(primary.model_name, str(primary.version), "", "dropped", {})
+            return
+        task = asyncio.get_running_loop().create_task(self._mirror(ref, primary))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _mirror(self, ref: ModelRef, primary: InferenceResult) -> None:
+        name, version = primary.model_name, str(primary.version)
+        try:
+            shadow = await self._call(ref, primary)
+        except ServingError as exc:
+            self._observer.shadow_done(name, version, "", "error", {})
+            log.debug("shadow %s failed: %s", ref, exc.message)
+            return
+        except Exception:  # a shadow must never hurt anything else
+            self._observer.shadow_done(name, version, "", "error", {})
+            log.exception("shadow %s failed", ref)
+            return
+        agreed, diffs = compare(primary.outputs, shadow.outputs)
+        outcome = "agree" if agreed else "disagree"
+        self._observer.shadow_done(name, version, str(shadow.version), outcome, diffs)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
