@@ -83,7 +83,7 @@ class AdminClient:
 
     async def index(self, name: str | None = None) -> list[ModelEntry]:
         """Every model version the server knows (only ``name``'s, when given)."""
-        response = await self._post("/v2/repository/index", timeout=httpx.USE_CLIENT_DEFAULT)
+        response = await self.request("POST", "/v2/repository/index")
         try:
             entries = [ModelEntry.from_json(e) for e in response.json()]
         except (ValueError, TypeError, AttributeError):
@@ -92,15 +92,20 @@ class AdminClient:
 
     async def load(self, name: str) -> None:
         """Load (or reload) ``name``; returns once the server has finished loading it."""
-        await self._post(f"/v2/repository/models/{quote(name, safe='')}/load", timeout=None)
+        path = f"/v2/repository/models/{quote(name, safe='')}/load"
+        await self.request("POST", path, timeout=None)
 
     async def unload(self, name: str) -> None:
         """Unload every version of ``name``, once its in-flight requests have finished."""
-        await self._post(f"/v2/repository/models/{quote(name, safe='')}/unload", timeout=None)
+        path = f"/v2/repository/models/{quote(name, safe='')}/unload"
+        await self.request("POST", path, timeout=None)
 
-    async def _post(self, path: str, timeout: Any) -> httpx.Response:
+    async def request(
+        self, method: str, path: str, json: Any = None, timeout: Any = httpx.USE_CLIENT_DEFAULT
+    ) -> httpx.Response:
+        """One call to the server: an AdminError when none answers or it answers an error."""
         try:
-            response = await self._http.post(path, timeout=timeout)
+            response = await self._http.request(method, path, json=json, timeout=timeout)
         except httpx.TransportError as exc:
             raise AdminError(
                 f"cannot reach a tfmux server at {self.url} ({exc or type(exc).__name__}); "
@@ -179,7 +184,7 @@ def server_options(command: Callable[..., None]) -> Callable[..., None]:
         "--token",
         envvar="TFMUX_ADMIN_TOKEN",
         default=None,
-        help="The server's admin token, for load and unload.  [default: $TFMUX_ADMIN_TOKEN]",
+        help="The server's admin token, for changes.  [default: $TFMUX_ADMIN_TOKEN]",
     )(command)
     return click.option(
         "--url",

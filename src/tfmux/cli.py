@@ -1,5 +1,5 @@
 """The ``tfmux`` command: serve models, write the demo models, and list, load and unload the
-models of a running server."""
+models of a running server and show or change its traffic."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from tfmux import admin_client as admin
+from tfmux import traffic_client as traffic
 from tfmux.config import ConfigError, ModelSources, build_config, parse_size
 from tfmux.demo import write_demo_models
 
@@ -301,3 +302,25 @@ def unload_command(name: str, url: str, token: str | None) -> None:
     configured, and `tfmux load NAME` brings it back.
     """
     admin.run(url, token, lambda client, console: admin.unload(client, console, name))
+
+
+@main.command("traffic", context_settings=CONTEXT)
+@click.argument("name", callback=admin.model_name)
+@traffic.change_options
+@admin.server_options
+def traffic_command(name: str, url: str, token: str | None, **change: Any) -> None:
+    """Show, or change, how a running server spreads NAME's requests.
+
+    Without options: NAME's labels, split and shadow, with figures from the server's /metrics
+    (since it started): requests routed to each arm, requests, errors and p50/p99 latency of
+    each version, and how often the shadow agreed with the primary. With options, the change
+    is applied at once (atomically) and then shown. Changes need --token when the server has
+    an admin token. Exit codes: 1 the server refused the change, 3 no server at --url,
+    4 management refused.
+
+    \b
+    tfmux traffic fraud --label canary=3 --split stable=90,canary=10
+    tfmux traffic fraud --shadow canary:100
+    tfmux traffic fraud --split stable=100 --no-shadow
+    """
+    admin.run(url, token, traffic.command(name, **change))

@@ -25,6 +25,7 @@ from tfmux.transports.ops_rest import OpsRest
 from tfmux.transports.rest import RestApp, Route
 from tfmux.transports.tfs_grpc import TfServingGrpc
 from tfmux.transports.tfs_rest import TfServingRest
+from tfmux.transports.traffic_rest import TrafficRest
 from tfmux.transports.v2_grpc import KServeGrpc
 from tfmux.transports.v2_rest import KServeRest
 
@@ -112,6 +113,7 @@ class TfmuxServer:
         # Every front end: REST routes (first match wins) and gRPC services.
         rest_routes: list[Route] = [
             TfServingRest(self.service).route,
+            TrafficRest(self.service).route,
             KServeRest(self.service).route,
             openapi.route,
             ops.route,

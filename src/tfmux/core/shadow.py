@@ -55,7 +55,9 @@ class ShadowRunner:
     def submit(self, ref: ModelRef, primary: InferenceResult) -> None:
         """Mirror one answered request, unless the shadow budget is used up."""
         if len(self._tasks) >= self._max:
-            self._observer.shadow_done(primary.model_name, str(primary.version), "", "dropped", {})
+            self._observer.shadow_done(
+                primary.model_name, str(primary.version), _version(ref), "dropped", {}
+            )
             return
         task = asyncio.get_running_loop().create_task(self._mirror(ref, primary))
         self._tasks.add(task)
@@ -66,11 +68,11 @@ class ShadowRunner:
         try:
             shadow = await self._call(ref, primary)
         except ServingError as exc:
-            self._observer.shadow_done(name, version, "", "error", {})
+            self._observer.shadow_done(name, version, _version(ref), "error", {})
             log.debug("shadow %s failed: %s", ref, exc.message)
             return
         except Exception:  # a shadow must never hurt anything else
-            self._observer.shadow_done(name, version, "", "error", {})
+            self._observer.shadow_done(name, version, _version(ref), "error", {})
             log.exception("shadow %s failed", ref)
             return
         agreed, diffs = compare(primary.outputs, shadow.outputs)
@@ -83,3 +85,7 @@ class ShadowRunner:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _version(ref: ModelRef) -> str:
+    return "" if ref.version is None else str(ref.version)

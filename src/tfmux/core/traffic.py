@@ -69,6 +69,8 @@ class TrafficTable:
         for alias in aliases:
             if alias.name in models:
                 raise invalid_argument(f"alias '{alias.name}' is also the name of a model")
+            if not alias.split:
+                raise invalid_argument(f"alias '{alias.name}' needs at least one model to go to")
             split = _split(alias.split, alias.shadow)
             split.validate(models, "configured model")
             table[alias.name] = split
@@ -84,27 +86,14 @@ class TrafficTable:
         allow_unavailable: bool = False,
     ) -> Routing:
         """Replace a model's labels and/or split at once. ``versions``: served version ->
-        AVAILABLE. A label may point at a version that is not available only when allowed."""
+        AVAILABLE. A label may point at a version that is not available only when allowed.
+        Read, check and swap happen under one lock, so concurrent updates never lose one
+        another's changes (nor bring back a model dropped meanwhile)."""
         with self._lock:
             current = self._models.get(name)
-        if current is None:
-            raise not_found(f"Could not find any versions of model {name}")
-        new_labels = dict(current.labels if labels is None else labels)
-        for label, version in new_labels.items():
-            if not LABEL_RE.match(label):
-                raise invalid_argument(f"label '{label}' must match {LABEL_RE.pattern}")
-            if version not in versions:
-                raise failed_precondition(f"label '{label}': model {name} has no version {version}")
-            if not versions[version] and not allow_unavailable:
-                raise failed_precondition(
-                    f"label '{label}': version {version} of model {name} is not AVAILABLE "
-                    "(set allow_unavailable to point it there anyway)"
-                )
-        split = current.split if traffic is None else _split(traffic.split, traffic.shadow)
-        known = set(new_labels) | {str(v) for v in versions}
-        _validate_arms(split, name, known, allow_versions=True)
-        routing = replace(current, labels=new_labels, split=split)
-        with self._lock:
+            if current is None:
+                raise not_found(f"Could not find any versions of model {name}")
+            routing = _updated(current, name, labels, traffic, versions, allow_unavailable)
             self._models[name] = routing
         return routing
 
@@ -113,6 +102,11 @@ class TrafficTable:
     def routing(self, name: str) -> Routing | None:
         with self._lock:
             return self._models.get(name)
+
+    def alias(self, name: str) -> Split | None:
+        """The split of alias ``name`` (None: no such alias)."""
+        with self._lock:
+            return self._aliases.get(name)
 
     def label_version(self, name: str, label: str) -> int | None:
         with self._lock:
@@ -147,10 +141,39 @@ class TrafficTable:
         return Route(ref, shadow, arm)
 
 
+def _updated(
+    current: Routing,
+    name: str,
+    labels: Mapping[str, int] | None,
+    traffic: TrafficConfig | None,
+    versions: Mapping[int, bool],
+    allow_unavailable: bool,
+) -> Routing:
+    """``current`` with the new labels and/or split, validated (pure). Only labels that move
+    are checked for availability, and a new split's version arms must be served versions."""
+    new_labels = dict(current.labels if labels is None else labels)
+    for label, version in new_labels.items():
+        if not LABEL_RE.match(label):
+            raise invalid_argument(f"label '{label}' must match {LABEL_RE.pattern}")
+        if version not in versions:
+            raise failed_precondition(f"label '{label}': model {name} has no version {version}")
+        moved = current.labels.get(label) != version
+        if moved and not versions[version] and not allow_unavailable:
+            raise failed_precondition(
+                f"label '{label}': version {version} of model {name} is not AVAILABLE "
+                "(set allow_unavailable to point it there anyway)"
+            )
+    split = current.split if traffic is None else _split(traffic.split, traffic.shadow)
+    known = set(new_labels) | {str(v) for v in versions}
+    _validate_arms(split, name, known, allow_versions=traffic is None)
+    return replace(current, labels=new_labels, split=split)
+
+
 def _arm_ref(name: str, arm: str, labels: Mapping[str, int], key: str | None) -> ModelRef:
-    if arm in labels:
-        return ModelRef(name, label=arm, routing_key=key)
-    return ModelRef(name, version=int(arm), routing_key=key)
+    """The arm's version, a label read from the same snapshot as the split: resolving the
+    label later could pair the old split with labels moved in between."""
+    version = labels.get(arm)
+    return ModelRef(name, version=int(arm) if version is None else version, routing_key=key)
 
 
 def _validate_arms(split: Split, name: str, known: set[str], allow_versions: bool) -> None:

@@ -9,6 +9,7 @@ import grpc
 
 from tfmux.errors import ErrorKind, ServingError
 
+ROUTING_KEY = "x-routing-key"
 # Each service adds itself to the server (``add_XServicer_to_server``).
 Registrar = Callable[[grpc.aio.Server], None]
 
@@ -54,7 +55,16 @@ def grpc_deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 def authorization(context: grpc.aio.ServicerContext) -> str | None:
     """The ``authorization`` metadata of a call (management calls' bearer token), if sent."""
+    return _metadata(context, "authorization")
+
+
+def routing_key(context: grpc.aio.ServicerContext) -> str | None:
+    """The ``x-routing-key`` metadata of a call (sticky split assignment), if sent."""
+    return _metadata(context, ROUTING_KEY) or None
+
+
+def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
     for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
+        if key == name:
             return value if isinstance(value, str) else value.decode("latin-1")
     return None

@@ -59,6 +59,15 @@ def _param(name: str, where: str = "path", schema: Json = STRING) -> Json:
     return {"name": name, "in": where, "required": where == "path", "schema": schema}
 
 
+# Inference: the caller's sticky key for splits, and what answered (the arm, when a split chose).
+ROUTING_KEY = _param("X-Routing-Key", "header")
+SERVED = {name: {"schema": STRING} for name in ("X-Model-Name", "X-Model-Version", "X-Model-Arm")}
+
+
+def _served(ok: Json) -> Json:
+    return {**ok, "headers": {**ok.get("headers", {}), **SERVED}}
+
+
 def _item(
     method: str,
     path: str,
@@ -106,7 +115,15 @@ def _tfs_paths() -> Json:
             ":regress": ("post", "Regress", _json(_ref("Results"), "Values"), examples),
         }
         for suffix, (method, summary, ok, body) in verbs.items():
-            paths[prefix + suffix] = _item(method, prefix + suffix, summary, ok, body)
+            infers = method == "post"
+            paths[prefix + suffix] = _item(
+                method,
+                prefix + suffix,
+                summary,
+                _served(ok) if infers else ok,
+                body,
+                headers=(ROUTING_KEY,) if infers else (),
+            )
     return paths
 
 
@@ -133,7 +150,9 @@ def _v2_paths() -> Json:
         ready, infer = prefix + "/ready", prefix + "/infer"
         paths[prefix] = _item("get", prefix, "Model metadata", _json(_ref("ModelMetadata"), "OK"))
         paths[ready] = _item("get", ready, "Model readiness", EMPTY_OK, responses=not_ready)
-        paths[infer] = _item("post", infer, "Inference", infer_ok, infer_body, headers=(length,))
+        paths[infer] = _item(
+            "post", infer, "Inference", _served(infer_ok), infer_body, headers=(length, ROUTING_KEY)
+        )
     index = "/v2/repository/index"
     index_body = {"content": {"application/json": {"schema": _obj({"ready": {"type": "boolean"}})}}}
     index_ok = _json(_array(_ref("IndexEntry")), "Every configured model version and its state")
@@ -144,6 +163,13 @@ def _v2_paths() -> Json:
         summary = f"{action.capitalize()} a configured model, or a repository folder, by name"
         paths[path] = _item("post", path, summary, EMPTY_OK, control)
         paths[path]["post"]["security"] = [{}, {"adminToken": []}]  # the token, when set
+    path = "/v2/repository/models/{model_name}/traffic"  # tfmux's traffic extension
+    state = _json(_ref("Traffic"), "Labels, split and shadow (after the change)")
+    change = {"required": True, "content": {"application/json": {"schema": _ref("Traffic")}}}
+    paths[path] = _item("get", path, "Traffic of a model or alias", state) | _item(
+        "post", path, "Move labels, replace the split or shadow, atomically", state, change
+    )
+    paths[path]["post"]["security"] = [{}, {"adminToken": []}]
     return paths
 
 
@@ -240,6 +266,20 @@ def _schemas() -> Json:
                 "outputs": _array(_tensor(("parameters", parameters), ("data", data))),
             },
             ("model_name", "outputs"),
+        ),
+        "Traffic": _obj(
+            {
+                "labels": {"type": "object", "additionalProperties": {"type": ["integer", "null"]}},
+                "split": {"type": "object", "additionalProperties": {"type": "number"}},
+                "shadow": {
+                    "oneOf": [
+                        {"type": "null"},
+                        _obj({"target": STRING, "percent": {"type": "number"}}, ("target",)),
+                    ]
+                },
+                "allow_unavailable": {"type": "boolean"},  # in a change only
+                "alias": {"type": "boolean"},  # in the state of an alias only
+            }
         ),
         "IndexEntry": _obj(
             {

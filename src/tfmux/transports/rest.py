@@ -15,6 +15,7 @@ from typing import Any
 
 from tfmux.errors import ErrorKind, ServingError
 from tfmux.transports.tfs_json import encode_error
+from tfmux.types import InferenceResult
 
 log = logging.getLogger("tfmux.rest")
 
@@ -36,6 +37,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.DEADLINE_EXCEEDED: 504,
 }
 JSON = b"application/json"
+ROUTING_KEY = b"x-routing-key"
 
 
 @dataclass
@@ -57,6 +59,30 @@ class Response:
 Handler = Callable[[Request], Awaitable[Response]]
 # A route answers a path with a handler, or None when the path is not its own.
 Route = Callable[[str, str], Handler | None]
+
+
+def authorization(request: Request) -> str | None:
+    """The Authorization header (a management call's bearer token), if sent."""
+    value = request.headers.get(b"authorization")
+    return None if value is None else value.decode("latin-1")
+
+
+def routing_key(request: Request) -> str | None:
+    """The ``X-Routing-Key`` header: the same key lands on the same arm of a split."""
+    value = request.headers.get(ROUTING_KEY)
+    return value.decode("latin-1") if value else None
+
+
+def served_by(result: InferenceResult) -> list[tuple[bytes, bytes]]:
+    """Response headers naming what answered: ``X-Model-Name`` (the concrete model, also for
+    an alias), ``X-Model-Version``, and ``X-Model-Arm`` when a split chose the arm."""
+    headers = [
+        (b"x-model-name", result.model_name.encode()),
+        (b"x-model-version", str(result.version).encode()),
+    ]
+    if result.arm:
+        headers.append((b"x-model-arm", result.arm.encode()))
+    return headers
 
 
 def error_response(exc: ServingError) -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +32,7 @@ from tfmux.config import ConfigError, ModelConfig, models_from_tfs_message
 from tfmux.core.service import ServingService
 from tfmux.errors import ErrorKind, ServingError, internal, invalid_argument, unimplemented
 from tfmux.transports import tfs_protos as protos
-from tfmux.transports.grpc_server import abort_with, authorization, grpc_deadline
+from tfmux.transports.grpc_server import abort_with, authorization, grpc_deadline, routing_key
 from tfmux.transports.tensor_proto import to_array, write_tensor_proto
 from tfmux.types import CLASSIFY_METHOD, REGRESS_METHOD, InferenceResult, ModelRef, SignatureSpec
 
@@ -88,7 +89,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
-        ref = _model_ref(request)
+        ref = _routed_ref(request, context)
         wanted = list(request.output_filter)
         duplicates = sorted({name for name in wanted if wanted.count(name) > 1})
         if duplicates:
@@ -111,7 +112,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self, request: classification_pb2.ClassificationRequest, context: grpc.aio.ServicerContext
     ) -> classification_pb2.ClassificationResponse:
         examples = protos.serialized_examples(request.input)
-        ref = _model_ref(request)
+        ref = _routed_ref(request, context)
         result = await self._examples(ref, request, examples, CLASSIFY_METHOD, context)
         return classification_pb2.ClassificationResponse(
             model_spec=_served_spec(result),
@@ -123,7 +124,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self, request: regression_pb2.RegressionRequest, context: grpc.aio.ServicerContext
     ) -> regression_pb2.RegressionResponse:
         examples = protos.serialized_examples(request.input)
-        ref = _model_ref(request)
+        ref = _routed_ref(request, context)
         result = await self._examples(ref, request, examples, REGRESS_METHOD, context)
         return regression_pb2.RegressionResponse(
             model_spec=_served_spec(result),
@@ -138,7 +139,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         _check_tasks(request.tasks)
         examples = protos.serialized_examples(request.input)
         response = inference_pb2.MultiInferenceResponse()
-        ref = _model_ref(request.tasks[0])
+        ref = _routed_ref(request.tasks[0], context)
         for task in request.tasks:
             result = await self._examples(ref, task, examples, task.method_name, context)
             ref = ModelRef(result.model_name, result.version)
@@ -166,7 +167,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         for field in request.metadata_field:
             if field != _SIGNATURE_DEF:
                 raise invalid_argument(f"Metadata field {field} is not supported")
-        meta = await self._service.metadata(_model_ref(request))
+        meta = await self._service.metadata(_routed_ref(request, context))
         response = get_model_metadata_pb2.GetModelMetadataResponse(
             model_spec=protos.model_spec(meta.name, meta.version)
         )
@@ -200,6 +201,11 @@ def _model_ref(request: Any) -> ModelRef:
     if not request.HasField("model_spec"):
         raise invalid_argument("Missing ModelSpec")
     return protos.model_ref(request.model_spec)
+
+
+def _routed_ref(request: Any, context: grpc.aio.ServicerContext) -> ModelRef:
+    """What the request's ModelSpec names, with the call's ``x-routing-key`` metadata."""
+    return replace(_model_ref(request), routing_key=routing_key(context))
 
 
 def _served_spec(result: InferenceResult) -> Any:

@@ -7,7 +7,7 @@ import re
 from tfmux.core.service import ServingService
 from tfmux.errors import invalid_argument
 from tfmux.transports import tfs_json
-from tfmux.transports.rest import Handler, Request, Response
+from tfmux.transports.rest import Handler, Request, Response, routing_key, served_by
 from tfmux.types import CLASSIFY_METHOD, REGRESS_METHOD, ModelRef, SignatureSpec
 
 _PATH = re.compile(
@@ -42,7 +42,7 @@ class TfServingRest:
         ref = match["name"], match["version"], match["label"]
 
         async def call(request: Request) -> Response:
-            return await handler(_model_ref(*ref), request)
+            return await handler(_model_ref(*ref, routing_key(request)), request)
 
         return call
 
@@ -62,7 +62,8 @@ class TfServingRest:
             lambda signature: tfs_json.decode_inputs(parsed, signature),
             signature_name=parsed.signature_name,
         )
-        return Response(body=tfs_json.encode_predict(result.outputs, parsed.format))
+        body = tfs_json.encode_predict(result.outputs, parsed.format)
+        return Response(body=body, headers=served_by(result))
 
     async def _classify(self, ref: ModelRef, request: Request) -> Response:
         signature_name, examples = tfs_json.parse_examples(request.body)
@@ -73,7 +74,7 @@ class TfServingRest:
             method="classify",
             method_name=CLASSIFY_METHOD,
         )
-        return Response(body=tfs_json.encode_classify(result.outputs))
+        return Response(body=tfs_json.encode_classify(result.outputs), headers=served_by(result))
 
     async def _regress(self, ref: ModelRef, request: Request) -> Response:
         signature_name, examples = tfs_json.parse_examples(request.body)
@@ -84,15 +85,15 @@ class TfServingRest:
             method="regress",
             method_name=REGRESS_METHOD,
         )
-        return Response(body=tfs_json.encode_regress(result.outputs))
+        return Response(body=tfs_json.encode_regress(result.outputs), headers=served_by(result))
 
 
-def _model_ref(name: str, version: str | None, label: str | None) -> ModelRef:
+def _model_ref(name: str, version: str | None, label: str | None, key: str | None) -> ModelRef:
     if version is not None and label is not None:
         raise invalid_argument("a request may name a version or a label, not both")
     if version is not None and not version.isdigit():
         raise invalid_argument(f"version must be a non-negative integer, not '{version}'")
-    return ModelRef(name, int(version) if version is not None else None, label)
+    return ModelRef(name, int(version) if version is not None else None, label, key)
 
 
 def _only_input(signature: SignatureSpec) -> str:

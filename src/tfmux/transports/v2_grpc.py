@@ -27,8 +27,8 @@ from tfmux.errors import (
 )
 from tfmux.errors import unimplemented as unimplemented_error
 from tfmux.transports import v2_proto, v2_types
-from tfmux.transports.grpc_server import abort_with, authorization, grpc_deadline
-from tfmux.types import DEFAULT_SIGNATURE, ModelRef, SignatureSpec, VersionStatus
+from tfmux.transports.grpc_server import abort_with, authorization, grpc_deadline, routing_key
+from tfmux.types import DEFAULT_SIGNATURE, SignatureSpec, VersionStatus
 
 log = logging.getLogger("tfmux.v2_grpc")
 
@@ -101,11 +101,15 @@ class KServeGrpc:
 
     @_guarded
     async def ModelReady(self, request: Any, context: Context) -> Any:
-        """Ready when the named version (or the one "latest" means) is AVAILABLE; an unknown
-        model or version is not ready, as in Triton, rather than an error."""
-        version = v2_proto.parse_version(request.version)
+        """Ready when the named version (or the label's, for ``MODEL@LABEL``, or the one
+        "latest" means) is AVAILABLE; an unknown model, version or label is not ready, as in
+        Triton, rather than an error."""
+        ref = v2_types.model_ref(request.name, v2_proto.parse_version(request.version))
         try:
-            statuses = self._service.status(request.name, version)
+            version = ref.version
+            if ref.label is not None:
+                version = self._service.manager.resolve(ref).version
+            statuses = self._service.status(ref.name, version)
         except ServingError as exc:
             if exc.kind is ErrorKind.NOT_FOUND:
                 return pb.ModelReadyResponse(ready=False)
@@ -116,7 +120,9 @@ class KServeGrpc:
     async def ModelMetadata(self, request: Any, context: Context) -> Any:
         """The default signature of the named (or latest) version; loads a lazy model."""
         name = v2_proto.require_name(request.name, "name")
-        meta = await self._service.metadata(ModelRef(name, v2_proto.parse_version(request.version)))
+        version = v2_proto.parse_version(request.version)
+        ref = v2_types.model_ref(name, version, routing_key=routing_key(context))
+        meta = await self._service.metadata(ref)
         signature = _default_signature(meta.name, meta.version, meta.signatures)
         available = sorted(
             {s.version for s in self._service.status(meta.name) if s.state == "AVAILABLE"}
@@ -136,7 +142,7 @@ class KServeGrpc:
 
     @_guarded
     async def ModelInfer(self, request: Any, context: Context) -> Any:
-        call = v2_proto.parse_call(request)
+        call = v2_proto.parse_call(request, routing_key(context))
         result = await self._service.infer(
             call.ref,
             lambda _signature: v2_proto.decode_inputs(request),

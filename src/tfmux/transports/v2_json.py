@@ -19,7 +19,14 @@ import numpy as np
 
 from tfmux.errors import internal, invalid_argument
 from tfmux.transports.tfs_codec import dumps, json_value, parse_json, snippet, to_array
-from tfmux.transports.v2_types import DATATYPE_OF, dtype_of, from_raw, to_raw
+from tfmux.transports.v2_types import (
+    DATATYPE_OF,
+    LABEL_PARAMETER,
+    ROUTING_KEY_PARAMETER,
+    dtype_of,
+    from_raw,
+    to_raw,
+)
 from tfmux.types import DEFAULT_SIGNATURE, InferenceResult, dtype_name, numpy_dtype
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -44,6 +51,8 @@ class InferRequest:
     outputs: tuple[RequestedOutput, ...] = ()
     binary_output: bool = False
     timeout_us: int | None = None  # the schedule-policy ``timeout`` parameter
+    version_label: str | None = None  # tfmux's ``version_label`` parameter
+    routing_key: str | None = None  # tfmux's ``routing_key`` parameter (sticky splits)
 
     def output_names(self) -> list[str] | None:
         return [o.name for o in self.outputs] or None
@@ -78,6 +87,8 @@ def parse_infer(body: bytes, header_length: bytes | None) -> InferRequest:
         outputs=_requested_outputs(doc.get("outputs")),
         binary_output=_flag(params, "binary_data_output", "the request") or False,
         timeout_us=_timeout(params),
+        version_label=_text(params, LABEL_PARAMETER) or None,
+        routing_key=_text(params, ROUTING_KEY_PARAMETER),
     )
 
 
@@ -229,6 +240,13 @@ def _timeout(params: Mapping[str, Any]) -> int | None:
         raise invalid_argument(
             f"parameter 'timeout' must be a non-negative integer of microseconds: {snippet(value)}"
         )
+    return value
+
+
+def _text(params: Mapping[str, Any], key: str) -> str | None:
+    value = params.get(key)
+    if value is not None and not isinstance(value, str):
+        raise invalid_argument(f"parameter '{key}' must be a string, not {snippet(value)}")
     return value
 
 

@@ -16,7 +16,15 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from tfmux.errors import invalid_argument, unimplemented
-from tfmux.transports.v2_types import DATATYPE_OF, dtype_of, from_raw, to_raw
+from tfmux.transports.v2_types import (
+    DATATYPE_OF,
+    LABEL_PARAMETER,
+    ROUTING_KEY_PARAMETER,
+    dtype_of,
+    from_raw,
+    model_ref,
+    to_raw,
+)
 from tfmux.types import InferenceResult, ModelRef, dtype_name, numpy_dtype
 
 # The typed ``contents`` field each datatype's values travel in (FP16 / BF16: raw only).
@@ -68,15 +76,19 @@ def parse_version(text: str) -> int | None:
     return int(text)
 
 
-def parse_call(request: Any) -> InferCall:
-    """Model, version, signature and requested outputs of a ModelInferRequest."""
-    ref = ModelRef(require_name(request.model_name), parse_version(request.model_version))
-    signature = ""
-    if SIGNATURE_PARAMETER in request.parameters:
-        param = request.parameters[SIGNATURE_PARAMETER]
-        if param.WhichOneof("parameter_choice") != "string_param":
-            raise invalid_argument(f"parameter '{SIGNATURE_PARAMETER}' must be a string_param")
-        signature = param.string_param
+def parse_call(request: Any, routing_key: str | None = None) -> InferCall:
+    """Model (``MODEL@LABEL`` too), version or label, signature and requested outputs of a
+    ModelInferRequest. ``routing_key`` is the call's ``x-routing-key`` metadata; a
+    ``routing_key`` request parameter wins over it."""
+    params = request.parameters
+    key = _string_parameter(params, ROUTING_KEY_PARAMETER)
+    ref = model_ref(
+        require_name(request.model_name),
+        parse_version(request.model_version),
+        _string_parameter(params, LABEL_PARAMETER) or None,
+        routing_key if key is None else key,
+    )
+    signature = _string_parameter(params, SIGNATURE_PARAMETER) or ""
     timeout = None
     if "timeout" in request.parameters:
         param = request.parameters["timeout"]
@@ -91,6 +103,15 @@ def parse_call(request: Any) -> InferCall:
             raise invalid_argument(f"output '{output.name}' is requested more than once")
         names.append(output.name)
     return InferCall(ref, signature, names or None, timeout)
+
+
+def _string_parameter(parameters: Mapping[str, Any], name: str) -> str | None:
+    if name not in parameters:
+        return None
+    param = parameters[name]
+    if param.WhichOneof("parameter_choice") != "string_param":
+        raise invalid_argument(f"parameter '{name}' must be a string_param")
+    return str(param.string_param)
 
 
 def decode_inputs(request: Any) -> dict[str, np.ndarray]:

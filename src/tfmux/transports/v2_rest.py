@@ -14,10 +14,17 @@ import tfmux
 from tfmux.core.service import LoadFailed, ServingService
 from tfmux.errors import ServingError, failed_precondition, invalid_argument, not_found
 from tfmux.transports import v2_json
-from tfmux.transports.rest import Handler, Request, Response
+from tfmux.transports.rest import (
+    Handler,
+    Request,
+    Response,
+    authorization,
+    routing_key,
+    served_by,
+)
 from tfmux.transports.tfs_codec import dumps, parse_json, snippet
 from tfmux.transports.tfs_json import encode_error
-from tfmux.transports.v2_types import deadline_after, model_metadata
+from tfmux.transports.v2_types import deadline_after, model_metadata, model_ref
 from tfmux.types import DEFAULT_SIGNATURE, ModelRef, VersionStatus
 
 EXTENSIONS = ("binary_tensor_data", "model_repository")
@@ -83,18 +90,22 @@ class KServeRest:
                 f"model {meta.name} version {meta.version} has no '{DEFAULT_SIGNATURE}' "
                 f"signature to describe (it has: {', '.join(sorted(meta.signatures)) or 'none'})"
             )
-        available = [s.version for s in self._service.status(name) if s.state == "AVAILABLE"]
+        statuses = self._service.status(meta.name)  # the concrete model, for MODEL@LABEL
+        available = [s.version for s in statuses if s.state == "AVAILABLE"]
         versions = sorted({*available, meta.version})
         return Response(body=dumps(model_metadata(meta.name, meta.version, versions, signature)))
 
     async def _ready(self, name: str, version: str | None, request: Request) -> Response:
         """200 when the named version (or any, for the latest) is AVAILABLE; 400 otherwise,
-        as Triton answers; 404 for a model that is not configured."""
-        number = _model_ref(name, version).version
-        statuses = [s for s in self._statuses(name) if number is None or s.version == number]
+        as Triton answers; 404 for a model that is not configured (or an unknown label)."""
+        ref = _model_ref(name, version)
+        number = ref.version
+        if ref.label is not None:
+            number = self._service.manager.resolve(ref).version
+        statuses = [s for s in self._statuses(ref.name) if number is None or s.version == number]
         if any(s.state == "AVAILABLE" for s in statuses):
             return Response(200, b"", TEXT)
-        which = f"model {name}" + ("" if number is None else f" version {number}")
+        which = f"model {ref.name}" + ("" if number is None else f" version {number}")
         states = ", ".join(f"{s.version}: {s.state}" for s in statuses) or "no such version"
         return Response(400, encode_error(f"{which} is not ready ({states})"))
 
@@ -103,8 +114,9 @@ class KServeRest:
         if encoding.strip().lower() != "identity":
             return Response(415, encode_error(f"Content-Encoding '{encoding}' is not supported"))
         parsed = v2_json.parse_infer(request.body, request.headers.get(_HEADER_LENGTH))
+        key = parsed.routing_key if parsed.routing_key is not None else routing_key(request)
         result = await self._service.infer(
-            _model_ref(name, version),
+            _model_ref(name, version, parsed.version_label, key),
             parsed.inputs,
             signature_name=parsed.signature_name,
             output_names=parsed.output_names(),
@@ -113,9 +125,9 @@ class KServeRest:
         )
         body, header_length = v2_json.encode_infer(parsed, result)
         if header_length is None:
-            return Response(body=body)
+            return Response(body=body, headers=served_by(result))
         header = (_HEADER_LENGTH, str(header_length).encode())
-        return Response(body=body, content_type=OCTET_STREAM, headers=[header])
+        return Response(body=body, content_type=OCTET_STREAM, headers=[header, *served_by(result)])
 
     # -- model repository extension ----------------------------------------------------------
 
@@ -158,7 +170,7 @@ class KServeRest:
                 "loads models only from its configured repositories"
             )
         try:
-            await self._service.load_model(name, _authorization(request))
+            await self._service.load_model(name, authorization(request))
         except LoadFailed as exc:  # Triton answers 400 for a load that fails
             raise invalid_argument(exc.message) from exc
         return Response(200, b"", TEXT)
@@ -166,7 +178,7 @@ class KServeRest:
     async def _unload(self, name: str, request: Request) -> Response:
         params = _control_parameters(request.body)
         _flag(params, "unload_dependents")  # tfmux models have no dependents
-        await self._service.unload_model(name, _authorization(request))
+        await self._service.unload_model(name, authorization(request))
         return Response(200, b"", TEXT)
 
     def _repository(self) -> list[tuple[str, VersionStatus | None]]:
@@ -180,16 +192,13 @@ class KServeRest:
         return [s for s in entries if s is not None]
 
 
-def _model_ref(name: str, version: str | None) -> ModelRef:
+def _model_ref(
+    name: str, version: str | None, label: str | None = None, key: str | None = None
+) -> ModelRef:
+    """The model (``MODEL@LABEL`` too), version, label and routing key a path and body name."""
     if version is not None and not (version.isascii() and version.isdigit()):
         raise invalid_argument(f"version must be a non-negative integer, not '{version}'")
-    return ModelRef(name, int(version) if version is not None else None)
-
-
-def _authorization(request: Request) -> str | None:
-    """The Authorization header (a management call's bearer token), if sent."""
-    value = request.headers.get(b"authorization")
-    return None if value is None else value.decode("latin-1")
+    return model_ref(name, int(version) if version is not None else None, label, key)
 
 
 def _body_object(body: bytes) -> dict[str, Any]:

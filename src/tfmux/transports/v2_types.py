@@ -1,5 +1,6 @@
 """KServe V2 / Open Inference Protocol facts shared by the REST and gRPC front ends:
-datatype names, tensor specs as V2 metadata, byte layout of BYTES tensors."""
+datatype names, tensor specs as V2 metadata, byte layout of BYTES tensors, and what a request
+names (``MODEL@LABEL`` and the ``version_label`` and ``routing_key`` parameters)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tfmux.errors import invalid_argument
-from tfmux.types import Shape, SignatureSpec, TensorSpec, numpy_dtype
+from tfmux.types import ModelRef, Shape, SignatureSpec, TensorSpec, numpy_dtype
 
 DATATYPE_OF: dict[str, str] = {
     "bool": "BOOL",
@@ -31,6 +32,28 @@ DATATYPE_OF: dict[str, str] = {
 }
 DTYPE_OF: dict[str, str] = {v: k for k, v in DATATYPE_OF.items()}
 PLATFORM = "tensorflow_savedmodel"
+LABEL_PARAMETER = "version_label"
+ROUTING_KEY_PARAMETER = "routing_key"
+
+
+def model_ref(
+    name: str,
+    version: int | None,
+    label: str | None = None,
+    routing_key: str | None = None,
+) -> ModelRef:
+    """What a V2 request names. ``MODEL@LABEL`` is the label's alias form (``@`` is never part
+    of a model name); a label, either way, excludes a version. An empty key is no key."""
+    model, at, aliased = name.partition("@")
+    if at:
+        if not model or not aliased:
+            raise invalid_argument(f"'{name}' must be MODEL@LABEL with neither part empty")
+        if label is not None and label != aliased:
+            raise invalid_argument(f"'{name}' names label {aliased}, the request '{label}'")
+        label = aliased
+    if label is not None and version is not None:
+        raise invalid_argument("a request may name a version or a label, not both")
+    return ModelRef(model, version, label, routing_key or None)
 
 
 def dtype_of(datatype: str, tensor: str) -> str:
