@@ -77,7 +77,7 @@ class BatchingConfig(BaseModel):
     batch_timeout_micros: int = Field(default=0, ge=0)
     allowed_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = Field(default=1024, ge=1)
-    max_inflight_batches: int = Field(default=2, ge=1)
+    max_inflight_batches: int = Field(default=1, ge=1)
 
     @field_validator("allowed_batch_sizes")
     @classmethod

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,7 @@ from tfmux.types import (
     VersionStatus,
 )
 
+MODEL_THREAD_NICENESS = 10
 Inputs = Mapping[str, np.ndarray]
 InputDecoder = Callable[[SignatureSpec], Inputs]
 
@@ -106,7 +109,9 @@ class ServingService:
     ) -> None:
         self.manager = manager
         self._observer = observer or NullObserver()
-        self._pool = ThreadPoolExecutor(inference_threads, thread_name_prefix="tfmux-infer")
+        self._pool = ThreadPoolExecutor(
+            inference_threads, thread_name_prefix="tfmux-infer", initializer=_yield_to_the_loop
+        )
         self._batching = batching or BatchingConfig()
         self._request_timeout = request_timeout
         self.management = management or Management()
@@ -310,6 +315,13 @@ class ServingService:
             for served in self.manager.models()
             for mv in served.versions.values()
         )
+
+
+def _yield_to_the_loop() -> None:
+    """Run model threads at a lower OS priority than the event loop, so on a busy core
+    requests are read and queued (and batches fill) before more model work runs."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MODEL_THREAD_NICENESS)
 
 
 def signature_of(lease: Lease, name: str) -> SignatureSpec:

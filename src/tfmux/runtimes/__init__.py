@@ -67,3 +67,17 @@ class AutoRuntime:
 
     def load(self, path: Path) -> LoadedModel:
         return load_model(path, "auto", **self._session_options)
+
+
+def collect_garbage() -> None:
+    """A full collection that also reaches objects the server froze after loading (see
+    server.saved_model_loader), so an unloaded model's reference cycles are freed; what is
+    still alive is frozen again."""
+    import gc
+
+    frozen = gc.get_freeze_count() > 0
+    if frozen:
+        gc.unfreeze()
+    gc.collect()
+    if frozen:
+        gc.freeze()

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmux.errors import failed_precondition, invalid_argument
+from tfmux.runtimes import collect_garbage
 from tfmux.runtimes.savedmodel import (
     SERVE_TAG,
     find_signature,
@@ -115,6 +116,7 @@ class TF1Model:
             self._callables.clear()
         self._session.close()
         del self._graph
+        collect_garbage()
 
 
 class TF1Runtime:

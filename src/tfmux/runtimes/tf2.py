@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmux.errors import failed_precondition
+from tfmux.runtimes import collect_garbage
 from tfmux.runtimes.savedmodel import (
     SERVE_TAG,
     find_signature,
@@ -74,7 +74,7 @@ class TF2Model:
         """Drop the loaded SavedModel and its functions, then collect garbage."""
         self._functions = {}
         self._loaded = None
-        gc.collect()
+        collect_garbage()
 
 
 class TF2Runtime:
