@@ -52,10 +52,6 @@ def saved_model_loader(server: ServerConfig) -> ModelLoader:
         except BaseException:
             model.close()
             raise
-        # TensorFlow models are hundreds of thousands of long-lived Python objects: keep the
-        # cyclic garbage collector from walking them on every full collection (tens of ms,
-        # holding the GIL, on the request path). Unloading unfreezes them (runtimes.gc).
-        gc.freeze()
         return model
 
     return load
@@ -65,14 +61,21 @@ def configure_tensorflow(server: ServerConfig) -> str:
     """Apply the process-wide TensorFlow settings; returns what was applied."""
     from tfmux.runtimes.tfconfig import TensorFlowOptions, configure_tensorflow
 
-    return configure_tensorflow(
-        TensorFlowOptions(
-            server.tf_intra_op_threads,
-            server.tf_inter_op_threads,
-            server.gpu_memory_growth,
-            server.gpu_memory_limit_mb,
+    try:
+        return configure_tensorflow(
+            TensorFlowOptions(
+                server.tf_intra_op_threads,
+                server.tf_inter_op_threads,
+                server.gpu_memory_growth,
+                server.gpu_memory_limit_mb,
+            )
         )
-    )
+    finally:
+        # TensorFlow itself is ~300k long-lived Python objects: freeze them out of the cyclic
+        # collector so full collections (on the request path, holding the GIL, and at every
+        # unload) walk only what came after. Models loaded later stay collectable.
+        gc.collect()
+        gc.freeze()
 
 
 class _UvicornServer(uvicorn.Server):

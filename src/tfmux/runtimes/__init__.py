@@ -70,14 +70,8 @@ class AutoRuntime:
 
 
 def collect_garbage() -> None:
-    """A full collection that also reaches objects the server froze after loading (see
-    server.saved_model_loader), so an unloaded model's reference cycles are freed; what is
-    still alive is frozen again."""
+    """A full collection, so an unloaded model's reference cycles are freed (TensorFlow's own
+    objects were frozen out of it at startup, which keeps it short)."""
     import gc
 
-    frozen = gc.get_freeze_count() > 0
-    if frozen:
-        gc.unfreeze()
     gc.collect()
-    if frozen:
-        gc.freeze()

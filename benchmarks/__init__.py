@@ -1,0 +1,1 @@
+"""tfmux benchmarks: models, baselines, load generators and the one-command runner (run.py)."""
