@@ -66,26 +66,25 @@ class TfServingRest:
         return Response(body=body, headers=served_by(result))
 
     async def _classify(self, ref: ModelRef, request: Request) -> Response:
-        signature_name, examples = tfs_json.parse_examples(request.body)
-        result = await self._service.infer(
-            ref,
-            lambda signature: {_only_input(signature): examples},
-            signature_name=signature_name,
-            method="classify",
-            method_name=CLASSIFY_METHOD,
-        )
-        return Response(body=tfs_json.encode_classify(result.outputs), headers=served_by(result))
+        return await self._examples(ref, request, "classify", CLASSIFY_METHOD)
 
     async def _regress(self, ref: ModelRef, request: Request) -> Response:
+        return await self._examples(ref, request, "regress", REGRESS_METHOD)
+
+    async def _examples(
+        self, ref: ModelRef, request: Request, method: str, method_name: str
+    ) -> Response:
+        """Classify or regress: tf.Examples into the signature's one input."""
         signature_name, examples = tfs_json.parse_examples(request.body)
         result = await self._service.infer(
             ref,
             lambda signature: {_only_input(signature): examples},
             signature_name=signature_name,
-            method="regress",
-            method_name=REGRESS_METHOD,
+            method=method,
+            method_name=method_name,
         )
-        return Response(body=tfs_json.encode_regress(result.outputs), headers=served_by(result))
+        encode = tfs_json.encode_classify if method == "classify" else tfs_json.encode_regress
+        return Response(body=encode(result.outputs), headers=served_by(result))
 
 
 def _model_ref(name: str, version: str | None, label: str | None, key: str | None) -> ModelRef:
