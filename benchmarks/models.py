@@ -56,7 +56,9 @@ def build_mlp(export_dir: Path) -> None:
         for i, (k, b) in enumerate(mlp_weights())
     ]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, MLP_LAYERS[0]], tf.float32, name="x")])
+    @tf.function(  # type: ignore[untyped-decorator]
+        input_signature=[tf.TensorSpec([None, MLP_LAYERS[0]], tf.float32, name="x")]
+    )
     def serve(x: Any) -> dict[str, Any]:
         h = x
         last = len(module.layers) - 1
@@ -74,9 +76,11 @@ def build_tiny(export_dir: Path) -> None:
     rng = np.random.default_rng(SEED + 1)
     module = tf.Module()
     module.w = tf.Variable(rng.normal(size=(TINY_FEATURES, 1)).astype(np.float32), name="w")
-    module.b = tf.Variable(np.float32([0.1]), name="b")
+    module.b = tf.Variable(np.array([0.1], dtype=np.float32), name="b")
 
-    @tf.function(input_signature=[tf.TensorSpec([None, TINY_FEATURES], tf.float32, name="x")])
+    @tf.function(  # type: ignore[untyped-decorator]
+        input_signature=[tf.TensorSpec([None, TINY_FEATURES], tf.float32, name="x")]
+    )
     def serve(x: Any) -> dict[str, Any]:
         return {"probability": tf.sigmoid(tf.matmul(x, module.w) + module.b)}
 

@@ -123,7 +123,8 @@ def serve_grpc(models: dict[str, Signature], port: int, workers: int) -> None:
         def Predict(self, request: Any, context: Any) -> Any:
             signature = models.get(request.model_spec.name)
             if signature is None:
-                context.abort(grpc.StatusCode.NOT_FOUND, "no such model")
+                context.abort(grpc.StatusCode.NOT_FOUND, "no such model")  # raises
+                raise AssertionError("unreachable")
             inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
             response = predict_pb2.PredictResponse()
             response.model_spec.name = request.model_spec.name

@@ -75,7 +75,7 @@ def grpc_predict_message(model: str) -> bytes:
             tensor_content=row.tobytes(),
         )
     )
-    return request.SerializeToString()
+    return bytes(request.SerializeToString())
 
 
 def grpc_frame(message: bytes) -> bytes:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# As `tfmux serve` does, before anything imports TensorFlow: oneDNN off, so freed model memory
+# goes back to the OS and the memory the tests see is what production sees.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 from collections.abc import Iterator
 from pathlib import Path
 
