@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: setup serve test lint
+.PHONY: setup serve test lint bench
 
 setup: $(VENV)/.installed
 
@@ -23,3 +23,6 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	benchmarks/run.sh $(ARGS)

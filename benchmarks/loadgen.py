@@ -64,6 +64,15 @@ class LoadResult:
         """CPU of ``core`` used by other processes, given what ours used on it."""
         return max(0.0, self.core_busy[core] - own) if core < len(self.core_busy) else 0.0
 
+    def disturbance(self, server_core: int) -> float:
+        """The share of its core the server was kept from. Under many connections a server
+        should use its whole core, whatever took it (other processes on the server's core, or
+        a generator they delayed); with one connection it idles between requests, so only
+        other processes on its core count."""
+        if self.connections > 1:
+            return max(0.0, 1.0 - self.server_cpu)
+        return self.other_on(server_core, self.server_cpu)
+
     def to_json(self) -> dict[str, object]:
         return {**asdict(self), "other_cpu": self.other_cpu}
 
@@ -142,7 +151,8 @@ def _run(
         out.seek(0)
         text = out.read().decode(errors="replace")
     if process.returncode != 0:
-        raise RuntimeError(f"{command[0]} failed ({process.returncode}):\n{text[-2000:]}")
+        tool = next((c for c in command if c in ("wrk", "h2load")), command[0])
+        raise RuntimeError(f"{tool} failed ({process.returncode}):\n{text[-2000:]}")
     return text, (usage.ru_utime + usage.ru_stime) / elapsed, server_cpu, busy
 
 
@@ -158,7 +168,7 @@ def wrk(
     headers = [f"{name}: {value}" for name, value in payload.headers.items()]
     command = [
         *generator_priority(),
-        *["taskset", "-c", str(core), "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s"],
+        *["taskset", "-c", str(core), "wrk", "-t1", f"-c{connections}", f"-d{_whole(seconds)}s"],
         *["--timeout", "10s", "--latency", "-s", str(LUA_SCRIPT), url + payload.path],
         *["--", str(payload.body_file), *headers],
     ]
@@ -204,7 +214,7 @@ def h2load(
         command = [
             *generator_priority(),
             *["taskset", "-c", str(core), "h2load", f"-c{connections}", "-m1", "-t1"],
-            *["-D", f"{seconds:g}", "-d", str(payload.body_file), "--log-file", log.name],
+            *["-D", str(_whole(seconds)), "-d", str(payload.body_file), "--log-file", log.name],
             *[f"-H{name}: {value}" for name, value in payload.headers.items()],
             url + payload.path,
         ]
@@ -219,10 +229,10 @@ def h2load(
     return LoadResult(
         tool="h2load",
         connections=connections,
-        seconds=seconds,
+        seconds=_whole(seconds),
         requests=succeeded,
         errors=done - succeeded + bad,
-        requests_per_s=succeeded / seconds,
+        requests_per_s=succeeded / _whole(seconds),
         p50_ms=_percentile(latencies, 50),
         p90_ms=_percentile(latencies, 90),
         p99_ms=_percentile(latencies, 99),
@@ -231,6 +241,11 @@ def h2load(
         server_cpu=server_cpu,
         core_busy=busy,
     )
+
+
+def _whole(seconds: float) -> int:
+    """The generators take whole seconds."""
+    return max(1, round(seconds))
 
 
 def _percentile(values: list[float], p: float) -> float:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import platform
 import subprocess
@@ -19,6 +21,7 @@ from benchmarks.common import (
     MODELS,
     PROTOCOL_NAMES,
     PROTOCOLS,
+    RESULTS,
     ROOT,
     SERVER_CORE,
 )
@@ -50,6 +53,7 @@ class Target:
     # The same ratio per core of CPU each side actually got (req/s ÷ its CPU share): what the
     # ratio would be had other processes not taken CPU from either side. None: no such ratio.
     per_core: float | None = None
+    disturbed: bool = False  # a measurement it uses was disturbed: trust ``per_core`` more
 
     def to_json(self) -> dict[str, Any]:
         return vars(self)
@@ -58,6 +62,10 @@ class Target:
 def per_core(result: LoadResult) -> float:
     """Requests per second per core of server CPU (meaningful for a saturated server)."""
     return result.requests_per_s / max(result.server_cpu, 1e-3)
+
+
+def _disturbed(result: LoadResult | None) -> bool:
+    return result is not None and result.disturbance(SERVER_CORE) > DISTURBED
 
 
 def evaluate(inprocess: dict[str, Any], results: dict[str, LoadResult]) -> list[Target]:
@@ -74,7 +82,10 @@ def evaluate(inprocess: dict[str, Any], results: dict[str, LoadResult]) -> list[
         passed = None if value is None else value >= goal
         measured = f"{a.requests_per_s:,.0f} / {b.requests_per_s:,.0f} {what}" if a and b else "-"
         normal = per_core(a) / per_core(b) if a and b else None
-        targets.append(Target(name, protocol, measured, value, f"≥ {goal:g}x", passed, normal))
+        shaken = _disturbed(a) or _disturbed(b)
+        targets.append(
+            Target(name, protocol, measured, value, f"≥ {goal:g}x", passed, normal, shaken)
+        )
 
     mlp_inproc = inprocess["mlp"]["tf2_batch1"]
     for p in PROTOCOLS:
@@ -91,6 +102,7 @@ def evaluate(inprocess: dict[str, Any], results: dict[str, LoadResult]) -> list[
                 "≥ 2x",
                 None if value is None else value >= 2,
                 per_core(r) / (mlp_inproc["rows_per_s"] / mlp_inproc["cpu"]) if r else None,
+                _disturbed(r) or mlp_inproc["cpu"] < 1 - DISTURBED,
             )
         )
         targets.append(
@@ -101,6 +113,7 @@ def evaluate(inprocess: dict[str, Any], results: dict[str, LoadResult]) -> list[
                 r.p99_ms if r else None,
                 "≤ 15 ms",
                 None if r is None else r.p99_ms <= 15,
+                disturbed=_disturbed(r),
             )
         )
         ratio(
@@ -122,6 +135,7 @@ def evaluate(inprocess: dict[str, Any], results: dict[str, LoadResult]) -> list[
                     r.p50_ms - base if r else None,
                     "≤ +1 ms",
                     None if r is None else r.p50_ms <= base + 1,
+                    disturbed=_disturbed(r),
                 )
             )
         ratio(
@@ -179,8 +193,9 @@ def _fmt_ratio(target: Target) -> str:
     return f"{target.value:.2f}x"
 
 
-def _verdict(passed: bool | None) -> str:
-    return "n/a" if passed is None else ("PASS" if passed else "**FAIL**")
+def _verdict(passed: bool | None, disturbed: bool) -> str:
+    verdict = "n/a" if passed is None else ("PASS" if passed else "**FAIL**")
+    return f"{verdict} (disturbed)" if disturbed and passed is not None else verdict
 
 
 def render(report: dict[str, Any]) -> str:
@@ -193,9 +208,9 @@ def render(report: dict[str, Any]) -> str:
         f"tfmux served from `{report['tfmux_src']}`.",
         f"Command: `{report['command']}` — servers on core {SERVER_CORE}, generators on core "
         f"{LOAD_CORE} ({report['priority']}), {report['duration']:g} s per measurement after "
-        f"{report['warmup']:g} s of warmup; a measurement during which other processes took "
-        f"more than {DISTURBED} of the server's core is measured again (at most "
-        f"{report['retries']} more time(s)) and the least disturbed attempt kept.",
+        f"{report['warmup']:g} s of warmup; a measurement in which the server was kept from "
+        f"more than {DISTURBED} of its core is measured again (at most {report['retries']} "
+        "more time(s)) and the least disturbed attempt kept.",
         "",
         "### Targets",
         "",
@@ -206,15 +221,16 @@ def render(report: dict[str, Any]) -> str:
         t_obj = Target(**t)
         lines.append(
             f"| {t['name']} | {PROTOCOL_NAMES[t['protocol']]} | {t['measured']} | "
-            f"{_fmt_ratio(t_obj)} | {t['goal']} | {_verdict(t['passed'])} | "
+            f"{_fmt_ratio(t_obj)} | {t['goal']} | {_verdict(t['passed'], t['disturbed'])} | "
             + (f"{t['per_core']:.2f}x |" if t.get("per_core") is not None else "|")
         )
     lines += [
         "",
         "*per core*: the same ratio computed from each side's requests per second of the CPU it "
-        "actually got (server CPU for servers, process CPU for the in-process call). It is what "
-        "the ratio would be had other processes not taken CPU from either side; when it differs "
-        "much from the ratio, the run was disturbed (see *other CPU* below).",
+        "actually got (server CPU for servers, process CPU for the in-process call): what the "
+        "ratio would be had nothing kept either side from its core. *(disturbed)*: a "
+        f"measurement the target uses got less than {1 - DISTURBED:g} of its core even after "
+        "a retry; trust *per core* there.",
         "",
         "### Every measurement",
         "",
@@ -285,17 +301,35 @@ def render(report: dict[str, Any]) -> str:
     noisy = [
         r["key"]
         for r in records
-        if r["result"]
-        and r["result"]["core_busy"][SERVER_CORE] - r["result"]["server_cpu"] > DISTURBED
+        if r["server"] != "ceiling" and (r.get("disturbance") or 0) > DISTURBED
     ]
     if noisy:
         lines += [
             "",
-            f"Note: other processes took more than {DISTURBED} of the server's core during "
-            f"{len(noisy)} "
-            "measurement(s); those figures are less reliable.",
+            f"Note: the server was kept from more than {DISTURBED} of its core during "
+            f"{len(noisy)} measurement(s) ({', '.join(noisy)}); those figures are low.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], output: Path, doc: bool) -> str:
+    """``latest.json`` and ``latest.md`` in ``output``, and the table into the docs page."""
+    table = render(report)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output / "latest.md").write_text("# tfmux benchmark: latest results\n\n" + table)
+    if doc:
+        update_doc(table)
+    return table
+
+
+def main() -> None:
+    """Render ``latest.md`` (and the docs table) again from a run's ``latest.json``."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("json", type=Path, nargs="?", default=RESULTS / "latest.json")
+    parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+    write_report(json.loads(args.json.read_text()), args.json.parent, not args.no_doc)
 
 
 def update_doc(table: str) -> None:
@@ -306,3 +340,7 @@ def update_doc(table: str) -> None:
     if start < 0 or end < start:
         return
     DOC.write_text(text[: start + len(DOC_START)] + "\n" + table + text[end:])
+
+
+if __name__ == "__main__":
+    main()

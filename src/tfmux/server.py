@@ -157,6 +157,7 @@ class TfmuxServer:
                 access_log=False,
                 log_level=self.config.log_level,
                 http="httptools",
+                proxy_headers=False,  # measured on the hot path; tfmux reads no proxy headers
                 timeout_graceful_shutdown=GRACE_SECONDS,
             )
         )

@@ -44,15 +44,18 @@ class _Reporter(BatchObserver):
 
 
 class ModelRunner:
-    """Owns the inference pool; every model call goes through here. Event-loop side only."""
+    """Every model call goes through here: unbatched ones in ``pool``, batches in
+    ``batch_pool``. Event-loop side only."""
 
     def __init__(
         self,
         pool: Executor,
+        batch_pool: Executor,
         batching_for: Callable[[str], BatchingConfig],
         observer: Observer,
     ) -> None:
         self._pool = pool
+        self._batch_pool = batch_pool
         self._batching_for = batching_for
         self._observer = observer
 
@@ -84,7 +87,7 @@ class ModelRunner:
         if batcher is None:
             batcher = Batcher(
                 call,
-                self._pool,
+                self._batch_pool,
                 batching_options(config),
                 batchable(signature),
                 _Reporter(self._observer, lease.name, lease.version),
