@@ -71,8 +71,8 @@ class TF1Model:
     ) -> dict[str, np.ndarray]:
         """Run ``signature``, feeding ``inputs`` by alias; returns the requested outputs.
 
-        String outputs come back as numpy object arrays of bytes. A model failure raises
-        TensorFlow's own error (``tf.errors.OpError``), which the core reports as INTERNAL.
+        String outputs come back as numpy object arrays of bytes. A model failure raises an
+        INTERNAL ServingError with TensorFlow's message.
         """
         spec = find_signature(self._signatures, signature)
         outputs = select_outputs(spec, output_names)
