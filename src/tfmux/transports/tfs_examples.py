@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tfmux.errors import failed_precondition, invalid_argument
+from tfmux.errors import invalid_argument
 from tfmux.transports.tfs_codec import (
     b64decode,
     dumps,
@@ -18,7 +18,7 @@ from tfmux.transports.tfs_codec import (
     request_object,
     snippet,
 )
-from tfmux.types import DTYPE_TO_TF, dtype_name
+from tfmux.transports.tfs_results import classifications, regressions
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _INT64 = np.iinfo(np.int64)
@@ -114,56 +114,14 @@ def _feature_int(name: str, value: int) -> int:
 
 
 def encode_classify(outputs: Mapping[str, np.ndarray]) -> bytes:
-    """``{"results": [[[label, score], ...], ...]}`` from a classify signature's outputs.
-
-    Uses ``classes`` ([batch, num_classes] strings) and/or ``scores`` ([batch, num_classes]
-    floats). With only scores every label is ""; with only classes every score is 0.0, as the
-    empty fields of TF Serving's Class proto print.
-    """
-    classes, scores = outputs.get("classes"), outputs.get("scores")
-    if classes is None and scores is None:
-        raise failed_precondition(
-            'Expected classification signature outputs to contain at least one of "classes" '
-            'or "scores"'
-        )
-    _check_classify_tensor("classes", classes, "DT_STRING")
-    _check_classify_tensor("scores", scores, "DT_FLOAT")
-    shape = next(array.shape for array in (classes, scores) if array is not None)
-    if scores is not None and scores.shape != shape:
-        raise invalid_argument(
-            f"Tensors class and score should match in shape. Got {list(shape)} vs. "
-            f"{list(scores.shape)}"
-        )
-    if classes is None:
-        labels: Any = [[""] * shape[1]] * shape[0]
-    else:
-        labels = [[_label(c) for c in row] for row in classes]
-    if scores is None:
-        values: Any = [[0.0] * shape[1]] * shape[0]
-    else:
-        values = json_value(scores.astype(np.float32, copy=False))
+    """``{"results": [[[label, score], ...], ...]}`` from a classify signature's outputs
+    (checked by ``tfs_results.classifications``)."""
+    labels, scores = classifications(outputs)
     results = [
         [[label, score] for label, score in zip(label_row, score_row, strict=True)]
-        for label_row, score_row in zip(labels, values, strict=True)
+        for label_row, score_row in zip(labels, json_value(scores), strict=True)
     ]
     return dumps({"results": results})
-
-
-def _label(value: bytes | str) -> str:
-    return value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
-
-
-def _check_classify_tensor(name: str, array: np.ndarray | None, want: str) -> None:
-    if array is None:
-        return
-    if array.ndim != 2:
-        raise invalid_argument(
-            f"Expected Tensor shape: [batch_size num_classes] but got {list(array.shape)} "
-            f"for '{name}'"
-        )
-    kind = array.dtype.kind
-    if not (kind in "OSU" if want == "DT_STRING" else kind == "f"):
-        raise invalid_argument(f"Expected {name} Tensor of {want}. Got: {_tf_dtype(array)}")
 
 
 def encode_regress(outputs: Mapping[str, np.ndarray]) -> bytes:
@@ -171,19 +129,4 @@ def encode_regress(outputs: Mapping[str, np.ndarray]) -> bytes:
 
     Values print as float32, the type of TF Serving's Regression proto.
     """
-    values = outputs.get("outputs")
-    if values is None:
-        raise invalid_argument("Could not find output tensor 'outputs'")
-    if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
-        raise invalid_argument(
-            "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
-            f"{list(values.shape)}"
-        )
-    if values.dtype.kind != "f":
-        raise invalid_argument(f"Expected output Tensor of DT_FLOAT. Got: {_tf_dtype(values)}")
-    return dumps({"results": json_value(values.reshape(-1).astype(np.float32, copy=False))})
-
-
-def _tf_dtype(array: np.ndarray) -> str:
-    name = dtype_name(array)
-    return DTYPE_TO_TF.get(name, name)
+    return dumps({"results": json_value(regressions(outputs))})

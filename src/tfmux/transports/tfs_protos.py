@@ -25,14 +25,13 @@ from tensorflow_serving.apis import (
 
 from tfmux.errors import invalid_argument
 from tfmux.transports.tensor_proto import DTYPE_ENUM
+from tfmux.transports.tfs_results import classifications, regressions
 from tfmux.types import (
     DEFAULT_SIGNATURE,
-    DTYPE_TO_TF,
     ModelRef,
     SignatureSpec,
     TensorSpec,
     VersionStatus,
-    dtype_name,
 )
 
 _CODE = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type
@@ -97,91 +96,29 @@ def only_input(signature: SignatureSpec) -> str:
 def classification_result(
     outputs: Mapping[str, np.ndarray], num_examples: int
 ) -> classification_pb2.ClassificationResult:
-    """A ClassificationResult from ``classes`` ([N, C] strings) and/or ``scores`` ([N, C]
-    floats); a missing one leaves labels empty or scores 0, as in TF Serving."""
-    classes, scores = outputs.get("classes"), outputs.get("scores")
-    if classes is None and scores is None:
-        raise invalid_argument(
-            'Expected classification signature outputs to contain at least one of "classes" '
-            'or "scores"'
-        )
-    _check_class_tensor("classes", classes, "OSU", "DT_STRING", num_examples)
-    _check_class_tensor("scores", scores, "f", "DT_FLOAT", num_examples)
-    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
-        raise invalid_argument(
-            "Tensors class and score should match in dim_size(1). Got "
-            f"{classes.shape[1]} vs. {scores.shape[1]}"
-        )
-    num_classes = (classes if classes is not None else scores).shape[1]  # type: ignore[union-attr]
-    labels = classes.tolist() if classes is not None else [[b""] * num_classes] * num_examples
-    values = (
-        scores.astype(np.float32).tolist()
-        if scores is not None
-        else [[0.0] * num_classes] * num_examples
-    )
+    """A ClassificationResult (checked by ``tfs_results.classifications``)."""
+    labels, scores = classifications(outputs, num_examples)
     Class = classification_pb2.Class
     return classification_pb2.ClassificationResult(
         classifications=[
             classification_pb2.Classifications(
                 classes=[
-                    Class(label=_text(label), score=score)
-                    for label, score in zip(*row, strict=True)
+                    Class(label=label, score=score)
+                    for label, score in zip(label_row, score_row, strict=True)
                 ]
             )
-            for row in zip(labels, values, strict=True)
+            for label_row, score_row in zip(labels, scores.tolist(), strict=True)
         ]
     )
-
-
-def _check_class_tensor(
-    name: str, array: np.ndarray | None, kinds: str, tf_dtype: str, num_examples: int
-) -> None:
-    if array is None:
-        return
-    if array.ndim != 2:
-        raise invalid_argument(
-            f"Expected Tensor shape: [batch_size num_classes] but got {list(array.shape)} "
-            f"for '{name}'"
-        )
-    if array.dtype.kind not in kinds:
-        raise invalid_argument(f"Expected {name} Tensor of {tf_dtype}. Got: {_tf_dtype(array)}")
-    if array.shape[0] != num_examples:
-        raise invalid_argument(
-            f"Expected {name} output batch size of {num_examples}. Got: {array.shape[0]}"
-        )
-
-
-def _tf_dtype(array: np.ndarray) -> str:
-    return DTYPE_TO_TF.get(dtype_name(array), str(array.dtype))
-
-
-def _text(label: bytes | str) -> str:
-    return label if isinstance(label, str) else bytes(label).decode("utf-8", "replace")
 
 
 def regression_result(
     outputs: Mapping[str, np.ndarray], num_examples: int
 ) -> regression_pb2.RegressionResult:
-    """A RegressionResult from a regress signature's ``outputs`` ([N] or [N, 1] floats)."""
-    values = outputs.get("outputs")
-    if values is None:
-        raise invalid_argument("Could not find output tensor 'outputs'")
-    if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
-        raise invalid_argument(
-            "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
-            f"{list(values.shape)}"
-        )
-    if values.shape[0] != num_examples:
-        raise invalid_argument(
-            "Input batch size did not match output batch size: "
-            f"{num_examples} vs. {values.shape[0]}"
-        )
-    if values.dtype.kind != "f":
-        raise invalid_argument(f"Expected output Tensor of DT_FLOAT. Got: {_tf_dtype(values)}")
+    """A RegressionResult (checked by ``tfs_results.regressions``)."""
     Regression = regression_pb2.Regression
-    return regression_pb2.RegressionResult(
-        regressions=[Regression(value=v) for v in values.astype(np.float32).ravel().tolist()]
-    )
+    values = regressions(outputs, num_examples).tolist()
+    return regression_pb2.RegressionResult(regressions=[Regression(value=v) for v in values])
 
 
 def signature_def_map(
