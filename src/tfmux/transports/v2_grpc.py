@@ -28,22 +28,13 @@ from tfmux.errors import (
 from tfmux.errors import unimplemented as unimplemented_error
 from tfmux.transports import v2_proto, v2_types
 from tfmux.transports.grpc_server import abort_with, authorization, grpc_deadline, routing_key
-from tfmux.types import DEFAULT_SIGNATURE, SignatureSpec, VersionStatus
+from tfmux.types import DEFAULT_SIGNATURE, SignatureSpec
 
 log = logging.getLogger("tfmux.v2_grpc")
 
 SERVER_NAME = "tfmux"
 EXTENSIONS = ["model_repository"]
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-# Triton's repository states for the lifecycle states of a version.
-_INDEX_STATE = {
-    "AVAILABLE": "READY",
-    "LOADING": "LOADING",
-    "UNLOADING": "UNLOADING",
-    "START": "UNAVAILABLE",
-    "END": "UNAVAILABLE",
-}
-
 Context: TypeAlias = grpc.aio.ServicerContext
 Handler: TypeAlias = Callable[[Any, Any, Context], Awaitable[Any]]
 
@@ -158,12 +149,13 @@ class KServeGrpc:
     @_guarded
     async def RepositoryIndex(self, request: Any, context: Context) -> Any:
         _only_default_repository(request.repository_name)
-        response = pb.RepositoryIndexResponse()
-        for name, status in self._service.repository_index():
-            entry = self._index_entry(name, status)
-            if not request.ready or entry.state == "READY":
-                response.models.append(entry)
-        return response
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[
+                index(name=e.name, version=e.version or "", state=e.state, reason=e.reason)
+                for e in v2_types.repository_index(self._service, request.ready)
+            ]
+        )
 
     @_guarded
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
@@ -171,12 +163,8 @@ class KServeGrpc:
         name. As in Triton (and the V2 REST door), a load that fails is INVALID_ARGUMENT with
         the load error's message. Needs the admin token in ``authorization`` metadata."""
         _only_default_repository(request.repository_name)
+        v2_types.refuse_model_files(request.parameters)
         for key in request.parameters:
-            if key == "config" or key.startswith("file:"):
-                raise invalid_argument(
-                    "loading with a 'config' or files in the request is not supported: tfmux "
-                    "loads models only from its configured repositories"
-                )
             raise invalid_argument(f"unrecognized load parameter '{key}'")
         name = v2_proto.require_name(request.model_name)
         try:
@@ -195,27 +183,6 @@ class KServeGrpc:
         name = v2_proto.require_name(request.model_name)
         await self._service.unload_model(name, authorization(context))
         return pb.RepositoryModelUnloadResponse()
-
-    def _index_entry(self, name: str, status: VersionStatus | None) -> Any:
-        index = pb.RepositoryIndexResponse.ModelIndex
-        if status is None:
-            return index(name=name, state="UNAVAILABLE", reason=self._why_no_version(name))
-        state = _INDEX_STATE.get(status.state, "UNKNOWN")
-        reason = ""
-        if status.error_message:
-            reason = status.error_message
-        elif status.state == "START":
-            reason = "not loaded yet"
-        elif status.state == "END":
-            reason = "unloaded"
-        return index(name=name, version=str(status.version), state=state, reason=reason)
-
-    def _why_no_version(self, name: str) -> str:
-        try:
-            self._service.status(name)
-        except ServingError as exc:
-            return exc.message
-        return "no version is served"
 
 
 def _only_default_repository(repository_name: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import tfmux
 from tfmux.core.service import LoadFailed, ServingService
-from tfmux.errors import ServingError, failed_precondition, invalid_argument, not_found
+from tfmux.errors import failed_precondition, invalid_argument, not_found
 from tfmux.transports import v2_json
 from tfmux.transports.rest import (
     Handler,
@@ -24,7 +24,14 @@ from tfmux.transports.rest import (
 )
 from tfmux.transports.tfs_codec import dumps, parse_json, snippet
 from tfmux.transports.tfs_json import encode_error
-from tfmux.transports.v2_types import deadline_after, model_metadata, model_ref
+from tfmux.transports.v2_types import (
+    IndexEntry,
+    deadline_after,
+    model_metadata,
+    model_ref,
+    refuse_model_files,
+    repository_index,
+)
 from tfmux.types import DEFAULT_SIGNATURE, ModelRef, VersionStatus
 
 EXTENSIONS = ("binary_tensor_data", "model_repository")
@@ -35,14 +42,6 @@ _MODEL = re.compile(
     r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer)?$"
 )
 _CONTROL = re.compile(r"^/v2/repository/models/(?P<name>[^/]+)/(?P<action>load|unload)$")
-# Triton's model states (READY, UNAVAILABLE, LOADING, UNLOADING) for tfmux's version states.
-TRITON_STATE = {
-    "START": "UNAVAILABLE",
-    "LOADING": "LOADING",
-    "AVAILABLE": "READY",
-    "UNLOADING": "UNLOADING",
-    "END": "UNAVAILABLE",
-}
 
 
 class KServeRest:
@@ -133,42 +132,12 @@ class KServeRest:
 
     async def _index(self, request: Request) -> Response:
         ready_only = _flag(_body_object(request.body), "ready") or False
-        entries = [self._index_entry(name, status) for name, status in self._repository()]
-        if ready_only:
-            entries = [e for e in entries if e["state"] == "READY"]
-        return Response(body=dumps(entries))
-
-    def _index_entry(self, name: str, status: VersionStatus | None) -> dict[str, Any]:
-        if status is None:
-            return {"name": name, "state": "UNAVAILABLE", "reason": self._why_no_version(name)}
-        reason = status.error_message
-        if not reason and status.state in ("START", "END"):
-            reason = "not loaded yet" if status.state == "START" else "unloaded"
-        entry: dict[str, Any] = {
-            "name": name,
-            "version": str(status.version),
-            "state": TRITON_STATE.get(status.state, "UNKNOWN"),
-            "reason": reason,
-        }
-        if status.memory_bytes is not None:  # tfmux's own keys: what the version costs
-            entry["memory_bytes"] = status.memory_bytes
-            entry["memory_measured"] = status.memory_measured
-        return entry
-
-    def _why_no_version(self, name: str) -> str:
-        try:
-            self._service.status(name)
-        except ServingError as exc:
-            return exc.message
-        return "no version is served"
+        return Response(
+            body=dumps([_entry_json(e) for e in repository_index(self._service, ready_only)])
+        )
 
     async def _load(self, name: str, request: Request) -> Response:
-        params = _control_parameters(request.body)
-        if any(key == "config" or key.startswith("file:") for key in params):
-            raise invalid_argument(
-                "loading with a 'config' or files in the request is not supported: tfmux "
-                "loads models only from its configured repositories"
-            )
+        refuse_model_files(_control_parameters(request.body))
         try:
             await self._service.load_model(name, authorization(request))
         except LoadFailed as exc:  # Triton answers 400 for a load that fails
@@ -181,12 +150,9 @@ class KServeRest:
         await self._service.unload_model(name, authorization(request))
         return Response(200, b"", TEXT)
 
-    def _repository(self) -> list[tuple[str, VersionStatus | None]]:
-        return self._service.repository_index()
-
     def _statuses(self, name: str) -> list[VersionStatus]:
         """Statuses of a configured model's versions; NOT_FOUND if it is not configured."""
-        entries = [status for model, status in self._repository() if model == name]
+        entries = [status for model, status in self._service.repository_index() if model == name]
         if not entries:
             raise not_found(f"Could not find any versions of model {name}")
         return [s for s in entries if s is not None]
@@ -232,3 +198,13 @@ def _method_not_allowed(allowed: str) -> Handler:
         return Response(405, body, headers=[(b"allow", allowed.encode())])
 
     return answer
+
+
+def _entry_json(entry: IndexEntry) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": entry.name}
+    if entry.version is not None:
+        doc["version"] = entry.version
+    doc |= {"state": entry.state, "reason": entry.reason}
+    if entry.memory_bytes is not None:  # tfmux's own keys: what the version costs
+        doc |= {"memory_bytes": entry.memory_bytes, "memory_measured": entry.memory_measured}
+    return doc

@@ -1,18 +1,21 @@
 """KServe V2 / Open Inference Protocol facts shared by the REST and gRPC front ends:
 datatype names, tensor specs as V2 metadata, byte layout of BYTES tensors, and what a request
-names (``MODEL@LABEL`` and the ``version_label`` and ``routing_key`` parameters)."""
+names (``MODEL@LABEL`` and the ``version_label`` and ``routing_key`` parameters), and the
+model repository extension's index."""
 
 from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tfmux.errors import invalid_argument
-from tfmux.types import ModelRef, Shape, SignatureSpec, TensorSpec, numpy_dtype
+from tfmux.core.service import ServingService
+from tfmux.errors import ServingError, invalid_argument
+from tfmux.types import ModelRef, Shape, SignatureSpec, TensorSpec, VersionStatus, numpy_dtype
 
 DATATYPE_OF: dict[str, str] = {
     "bool": "BOOL",
@@ -168,3 +171,62 @@ def deadline_after(timeout_us: int | None, *others: float | None) -> float | Non
     if timeout_us is not None:
         deadlines.append(time.monotonic() + timeout_us / 1e6)
     return min(deadlines, default=None)
+
+
+# -- the model repository extension, shared by both V2 doors ---------------------------------
+
+# Triton's repository states for the lifecycle states of a version.
+TRITON_STATE = {
+    "START": "UNAVAILABLE",
+    "LOADING": "LOADING",
+    "AVAILABLE": "READY",
+    "UNLOADING": "UNLOADING",
+    "END": "UNAVAILABLE",
+}
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One row of the repository index (``version`` None: the model has no version)."""
+
+    name: str
+    version: str | None
+    state: str
+    reason: str
+    memory_bytes: int | None = None
+    memory_measured: bool = False
+
+
+def repository_index(service: ServingService, ready_only: bool) -> list[IndexEntry]:
+    """Every configured model and version, with Triton's state names and a reason."""
+    entries = [_index_entry(service, name, status) for name, status in service.repository_index()]
+    return [e for e in entries if e.state == "READY"] if ready_only else entries
+
+
+def _index_entry(service: ServingService, name: str, status: VersionStatus | None) -> IndexEntry:
+    if status is None:
+        return IndexEntry(name, None, "UNAVAILABLE", _why_no_version(service, name))
+    reason = status.error_message
+    if not reason and status.state in ("START", "END"):
+        reason = "not loaded yet" if status.state == "START" else "unloaded"
+    state = TRITON_STATE.get(status.state, "UNKNOWN")
+    return IndexEntry(
+        name, str(status.version), state, reason, status.memory_bytes, status.memory_measured
+    )
+
+
+def _why_no_version(service: ServingService, name: str) -> str:
+    try:
+        service.status(name)
+    except ServingError as exc:
+        return exc.message
+    return "no version is served"
+
+
+def refuse_model_files(parameters: Iterable[str]) -> None:
+    """A load request never brings a model config or files: only configured repositories."""
+    if any(key == "config" or key.startswith("file:") for key in parameters):
+        raise invalid_argument(
+            "loading with a 'config' or files in the request is not supported: tfmux "
+            "loads models only from its configured repositories"
+        )
