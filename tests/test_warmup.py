@@ -68,7 +68,7 @@ def test_every_request_kind_of_a_warmup_file_is_replayed(tmp_path: Path, sources
     )
 
     from tfmux.runtimes import load_model
-    from tfmux.runtimes.warmup import warm_up
+    from tfmux.transports.warmup import warm_up
 
     examples = vm.examples_input([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]])
     classify = classification_pb2.ClassificationRequest(input=examples)
@@ -170,7 +170,7 @@ def test_the_loader_closes_a_model_whose_warmup_fails(
 
 def test_more_than_1000_warmup_records_fail_the_load(tmp_path: Path, sources: Path) -> None:
     from tfmux.runtimes import load_model
-    from tfmux.runtimes.warmup import MAX_RECORDS, warm_up
+    from tfmux.transports.warmup import MAX_RECORDS, warm_up
 
     version = vm.install(sources / "counting", tmp_path / "many", 1)
     vm.write_warmup(version, [vm.predict_record(x=X)] * (MAX_RECORDS + 1))
@@ -187,7 +187,7 @@ def test_more_than_1000_warmup_records_fail_the_load(tmp_path: Path, sources: Pa
 def test_synthetic_warmup_skips_unknown_shapes_and_survives_failures(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from tfmux.runtimes.warmup import run_synthetic
+    from tfmux.transports.warmup import run_synthetic
 
     model = FakeModel(
         [
@@ -217,7 +217,7 @@ def test_the_docs_example_writes_a_warmup_file_tfmux_replays(tmp_path: Path) -> 
     import re
 
     from tfmux.runtimes import load_model
-    from tfmux.runtimes.warmup import warm_up
+    from tfmux.transports.warmup import warm_up
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "versions.md"
     (example,) = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)

@@ -44,7 +44,7 @@ def saved_model_loader(server: ServerConfig) -> ModelLoader:
 
     def load(config: ModelConfig, path: Path) -> LoadedModel:
         from tfmux.runtimes import load_model
-        from tfmux.runtimes.warmup import warm_up
+        from tfmux.transports.warmup import warm_up
 
         model = load_model(path, config.runtime, **session)
         try:
