@@ -169,6 +169,10 @@ class ServerConfig(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(default=64 * MiB, gt=0)
     max_grpc_message_bytes: int = Field(default=256 * MiB, gt=0)
+    grpc_implementation: Literal["tfmux", "grpcio"] = Field(
+        default="tfmux",
+        description="gRPC server: tfmux's own HTTP/2 server (fast), or grpc.aio as a fallback",
+    )
     inference_threads: int = Field(default=4, ge=1)
     max_concurrent_loads: int = Field(default=2, ge=1)
     request_timeout_ms: int | None = Field(default=None, gt=0)

@@ -11,7 +11,6 @@ import socket
 from collections.abc import Callable, Generator
 from pathlib import Path
 
-import grpc
 import uvicorn
 
 from tfmux.config import ModelConfig, ServerConfig
@@ -21,7 +20,7 @@ from tfmux.core.runtime import LoadedModel
 from tfmux.core.service import Management, ServingService
 from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.transports import openapi
-from tfmux.transports.grpc_server import Registrar, start_grpc_server
+from tfmux.transports.grpc_server import GrpcServer, Registrar, start_grpc_server
 from tfmux.transports.ops_rest import OpsRest
 from tfmux.transports.rest import RestApp, Route
 from tfmux.transports.tfs_grpc import TfServingGrpc
@@ -133,7 +132,7 @@ class TfmuxServer:
         self.rest_app = RestApp(rest_routes, config.max_body_bytes)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: GrpcServer | None = None
         self._http: _UvicornServer | None = None
         self._http_task: asyncio.Task[None] | None = None
 
@@ -173,6 +172,7 @@ class TfmuxServer:
                 self.config.grpc_port,
                 self.config.max_grpc_message_bytes,
                 self.grpc_registrars,
+                self.config.grpc_implementation,
             )
         if self.config.poll_interval_seconds > 0:
             self.poller.start()

@@ -1,17 +1,41 @@
-"""The gRPC front end: one grpc.aio server on the event loop, carrying every gRPC service."""
+"""The gRPC front end: one server on the event loop carrying every gRPC service.
+
+Two implementations serve the same generated servicers: tfmux's own HTTP/2 server
+(``transports/h2``, the default, several times grpc.aio's calls/s on one core) and grpc.aio
+(``grpc_implementation: grpcio``), kept as a fallback.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, Protocol
 
 import grpc
 
 from tfmux.errors import ErrorKind, ServingError
+from tfmux.transports.h2 import H2GrpcServer
 
 ROUTING_KEY = "x-routing-key"
+GrpcImplementation = Literal["tfmux", "grpcio"]
+
+
+class HandlerHost(Protocol):
+    """What ``add_XServicer_to_server`` needs: both servers satisfy it."""
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[Any]) -> None: ...
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any]) -> None: ...
+
+
+class GrpcServer(Protocol):
+    """A started server, whichever implementation: stopped with ``await stop(grace)``."""
+
+    async def stop(self, grace: float | None) -> Any: ...
+
+
 # Each service adds itself to the server (``add_XServicer_to_server``).
-Registrar = Callable[[grpc.aio.Server], None]
+Registrar = Callable[[HandlerHost], None]
 
 GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
     kind: getattr(grpc.StatusCode, kind.value) for kind in ErrorKind
@@ -19,9 +43,28 @@ GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
 
 
 async def start_grpc_server(
-    host: str, port: int, max_message_bytes: int, registrars: Sequence[Registrar]
-) -> tuple[grpc.aio.Server, int]:
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    registrars: Sequence[Registrar],
+    implementation: GrpcImplementation = "tfmux",
+) -> tuple[GrpcServer, int]:
     """Start serving; returns the server and the port it bound (``port`` 0 picks one)."""
+    if implementation == "tfmux":
+        server = H2GrpcServer(max_message_bytes)
+        for register in registrars:
+            register(server)
+        try:
+            bound = await server.start(host, port)
+        except OSError as exc:
+            raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc}") from None
+        return server, bound
+    return await _start_grpcio(host, port, max_message_bytes, registrars)
+
+
+async def _start_grpcio(
+    host: str, port: int, max_message_bytes: int, registrars: Sequence[Registrar]
+) -> tuple[GrpcServer, int]:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),

@@ -1,0 +1,225 @@
+"""gRPC over the HTTP/2 connections: the method table (filled by the generated
+``add_XServicer_to_server`` functions), message framing, and one task per call that runs the
+servicer's unary-unary handler and writes its answer or status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from tfmux.transports.h2.context import ServicerContext
+from tfmux.transports.h2.frames import OK_TRAILERS
+from tfmux.transports.h2.stream import Stream
+
+if TYPE_CHECKING:
+    from tfmux.transports.h2.connection import H2Connection
+
+log = logging.getLogger("tfmux.grpc")
+
+OK, UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED = 0, 2, 4, 8
+UNIMPLEMENTED, INTERNAL = 12, 13
+_DECOMPRESSORS = {b"gzip": 31, b"deflate": 15}  # zlib wbits
+
+
+class _CallDetails(NamedTuple):
+    """``grpc.HandlerCallDetails`` for generic handlers that are not plain method tables."""
+
+    method: str
+    invocation_metadata: Any
+
+
+class Method(NamedTuple):
+    """A unary-unary handler ready to call, or None for methods tfmux cannot serve."""
+
+    call: Any
+    deserialize: Any
+    serialize: Any
+    is_async: bool
+
+
+class Registry:
+    """``/package.Service/Method`` → handler, as grpc's server resolves them: registered
+    method handlers first, then generic handlers in the order they were added."""
+
+    def __init__(self) -> None:
+        self._registered: dict[str, Any] = {}
+        self._generic: list[Any] = []
+        self._resolved: dict[str, Method | None] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[Any]) -> None:
+        self._generic.extend(handlers)
+        self._resolved.clear()
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any]) -> None:
+        for name, handler in handlers.items():
+            self._registered[f"/{service}/{name}"] = handler
+        self._resolved.clear()
+
+    def lookup(self, path: str, stream: Stream) -> tuple[bool, Method | None]:
+        """(found, method): found with no method means a streaming RPC."""
+        if path in self._resolved:
+            method = self._resolved[path]
+            return True, method
+        handler = self._registered.get(path)
+        cacheable = True
+        if handler is None:
+            for generic in self._generic:
+                table = getattr(generic, "_method_handlers", None)
+                if isinstance(table, dict):
+                    handler = table.get(path)
+                else:
+                    cacheable = False
+                    handler = generic.service(_CallDetails(path, stream.head.metadata))
+                if handler is not None:
+                    break
+        if handler is None:
+            return False, None
+        method = None
+        if not handler.request_streaming and not handler.response_streaming:
+            call = handler.unary_unary
+            async_ = inspect.iscoroutinefunction(call)
+            method = Method(call, handler.request_deserializer, handler.response_serializer, async_)
+        if cacheable and len(self._resolved) < 4096:
+            self._resolved[path] = method
+        return True, method
+
+
+class GrpcDispatcher:
+    """Starts one task per complete request; what connections call (``Dispatcher``)."""
+
+    def __init__(self, registry: Registry, max_message: int) -> None:
+        self.registry = registry
+        self.max_message = max_message
+        self.connections: set[H2Connection] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def opened(self, connection: H2Connection) -> None:
+        self.connections.add(connection)
+        self._idle.clear()
+
+    def closed(self, connection: H2Connection) -> None:
+        self.connections.discard(connection)
+        if not self.connections:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def dispatch(self, connection: H2Connection, stream: Stream) -> None:
+        found, method = self.registry.lookup(stream.head.path, stream)
+        if method is None:
+            message = (
+                f"tfmux does not implement streaming RPCs ({stream.head.path})"
+                if found
+                else "Method not found!"
+            )
+            connection.sender.status(stream, UNIMPLEMENTED, message)
+            return
+        payload = self._unframe(connection, stream)
+        if payload is None:
+            return
+        context = ServicerContext(stream, connection.peer)
+        loop = asyncio.get_running_loop()
+        stream.task = loop.create_task(self._run(connection, stream, method, payload, context))
+        if stream.deadline is not None:
+            delay = max(stream.deadline - time.monotonic(), 0.0)
+            stream.timer = loop.call_later(delay, _deadline_passed, stream)
+
+    def _unframe(self, connection: H2Connection, stream: Stream) -> bytes | memoryview | None:
+        """The request's one message, or None after answering the framing's error."""
+        body = stream.body
+        size = len(body) - 5
+        if size < 0 or body[1:5] != size.to_bytes(4, "big"):
+            connection.sender.status(stream, INTERNAL, "a unary request carries one message")
+            return None
+        payload = memoryview(body)[5:]
+        if not body[0]:
+            return payload
+        wbits = _DECOMPRESSORS.get(stream.head.encoding or b"")
+        if wbits is None:
+            encoding = (stream.head.encoding or b"").decode("latin-1")
+            connection.sender.status(
+                stream, UNIMPLEMENTED, f"unsupported grpc-encoding {encoding!r}"
+            )
+            return None
+        inflater = zlib.decompressobj(wbits)
+        try:
+            data = inflater.decompress(payload, self.max_message + 1)
+        except zlib.error as exc:
+            connection.sender.status(stream, INTERNAL, f"cannot decompress the request: {exc}")
+            return None
+        if len(data) > self.max_message or inflater.unconsumed_tail:
+            connection.sender.status(
+                stream,
+                RESOURCE_EXHAUSTED,
+                f"decompressed message larger than max ({self.max_message})",
+            )
+            return None
+        return data
+
+    async def _run(
+        self,
+        connection: H2Connection,
+        stream: Stream,
+        method: Method,
+        payload: bytes | memoryview,
+        context: ServicerContext,
+    ) -> None:
+        sender = connection.sender
+        try:
+            try:
+                request = method.deserialize(payload) if method.deserialize else bytes(payload)
+            except Exception as exc:
+                sender.status(stream, INTERNAL, f"Failed to parse the request: {exc}")
+                return
+            response = method.call(request, context)
+            if method.is_async or inspect.isawaitable(response):
+                response = await response
+            code, details = context.status
+            if code != OK:
+                sender.status(stream, code, details, context.trailer_block())
+                return
+            data = method.serialize(response) if method.serialize else response
+            if len(data) > self.max_message:
+                sender.status(
+                    stream,
+                    RESOURCE_EXHAUSTED,
+                    f"Sent message larger than max ({len(data)} vs. {self.max_message})",
+                )
+            elif context.has_metadata:
+                trailers = OK_TRAILERS + context.trailer_block()
+                sender.message(stream, data, context.initial_block(), trailers)
+            else:
+                sender.message(stream, data)
+        except asyncio.CancelledError:
+            if stream.deadline_hit:
+                sender.status(stream, DEADLINE_EXCEEDED, "Deadline Exceeded")
+            # otherwise the client reset the stream or the server is stopping: no answer
+        except Exception as exc:
+            if context.aborted:
+                code, details = context.status
+            else:
+                log.exception("gRPC %s failed", stream.head.path)
+                code, details = context.status
+                if code == OK:
+                    code = UNKNOWN
+                details = f"Unexpected {type(exc)}: {exc}"
+            sender.status(stream, code, details, context.trailer_block())
+        finally:
+            if stream.timer is not None:
+                stream.timer.cancel()
+            if context.has_callbacks:
+                context.run_callbacks()
+
+
+def _deadline_passed(stream: Stream) -> None:
+    stream.deadline_hit = True
+    if stream.task is not None and not stream.task.done():
+        stream.task.cancel()
