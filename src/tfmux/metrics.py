@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Summary, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from tfmux import histograms
 from tfmux.core.manager import ModelManager
 
 LATENCY_BUCKETS = (
@@ -43,7 +45,7 @@ class Metrics:
             ["model", "version", "method", "code"],
             registry=self.registry,
         )
-        self.latency = Histogram(
+        self.latency = histograms.Histogram(
             "tfmux_request_latency_seconds",
             "Time from a request reaching the core until its answer, by model and version.",
             ["model", "version", "method"],
@@ -64,21 +66,21 @@ class Metrics:
             registry=self.registry,
         )
 
-        self.batch_size = Histogram(
+        self.batch_size = histograms.Histogram(
             "tfmux_batch_size",
             "Rows per batch run.",
             ["model", "version"],
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
-        self.batch_requests = Histogram(
+        self.batch_requests = histograms.Histogram(
             "tfmux_batch_requests",
             "Requests merged into one batch.",
             ["model", "version"],
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
-        self.queue_seconds = Histogram(
+        self.queue_seconds = histograms.Histogram(
             "tfmux_queue_seconds",
             "Time a request waited in its model's batch queue.",
             ["model", "version"],
@@ -111,6 +113,10 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Label children looked up once per label set: ``labels()`` costs more than the update.
+        self._done: dict[tuple[str, str, str, str | None], tuple[Any, Any]] = {}
+        self._batches: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+
     def watch(self, manager: ModelManager) -> None:
         """Report model states read from ``manager`` at each scrape."""
         self.registry.register(_StateCollector(manager))
@@ -125,18 +131,34 @@ class Metrics:
     def request_done(
         self, name: str, version: str, method: str, seconds: float, error: str | None
     ) -> None:
-        self.requests.labels(name, version, method, error or "OK").inc()
-        if error is None:
-            self.latency.labels(name, version, method).observe(seconds)
+        key = (name, version, method, error)
+        children = self._done.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(name, version, method, error or "OK"),
+                self.latency.labels(name, version, method) if error is None else None,
+            )
+            self._done[key] = children
+        count, latency = children
+        count.inc()
+        if latency is not None:
+            latency.observe(seconds)
 
     def batch_ran(
         self, name: str, version: str, rows: int, requests: int, queue_seconds: list[float]
     ) -> None:
-        self.batch_size.labels(name, version).observe(rows)
-        self.batch_requests.labels(name, version).observe(requests)
-        queue = self.queue_seconds.labels(name, version)
-        for seconds in queue_seconds:
-            queue.observe(seconds)
+        children = self._batches.get((name, version))
+        if children is None:
+            children = (
+                self.batch_size.labels(name, version),
+                self.batch_requests.labels(name, version),
+                self.queue_seconds.labels(name, version),
+            )
+            self._batches[name, version] = children
+        size, merged, queue = children
+        size.observe(rows)
+        merged.observe(requests)
+        queue.observe_many(queue_seconds)
 
     def request_dropped(self, name: str, version: str, reason: str) -> None:
         self.dropped.labels(name, version, reason).inc()

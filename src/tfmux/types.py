@@ -37,6 +37,9 @@ Shape = tuple[int | None, ...]
 
 def numpy_dtype(dtype: str) -> np.dtype:
     """The numpy dtype that holds values of a neutral dtype name."""
+    known = _NUMPY_DTYPES.get(dtype)
+    if known is not None:
+        return known
     if dtype == "string":
         return np.dtype(object)
     if dtype == "bfloat16":
@@ -48,10 +51,19 @@ def numpy_dtype(dtype: str) -> np.dtype:
 
 def dtype_name(array: np.ndarray) -> str:
     """The neutral dtype name of a numpy array (object and bytes arrays are strings)."""
-    kind = array.dtype.kind
-    if kind in ("O", "S", "U"):
-        return "string"
-    return str(array.dtype)
+    dtype = array.dtype
+    name = _DTYPE_NAMES.get(dtype)  # str(dtype) costs ~2 µs: named once per dtype
+    if name is None:
+        name = "string" if dtype.kind in ("O", "S", "U") else str(dtype)
+        if len(_DTYPE_NAMES) < 256:
+            _DTYPE_NAMES[dtype] = name
+    return name
+
+
+_NUMPY_DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(name) for name in DTYPE_TO_TF if name not in ("string", "bfloat16")
+}
+_DTYPE_NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in _NUMPY_DTYPES.items()}
 
 
 @dataclass(frozen=True)

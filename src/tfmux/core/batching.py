@@ -27,6 +27,8 @@ from tfmux.types import SignatureSpec
 
 Tensors = Mapping[str, np.ndarray]
 RunBatch = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+# Whether a request's caller has gone away (a client that disconnected).
+Gone = Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -70,18 +72,26 @@ _QUEUED, _RUNNING, _DONE = 0, 1, 2
 
 
 class _Item:
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "rows", "state")
+    __slots__ = ("deadline", "enqueued", "future", "gone", "inputs", "key", "rows", "state")
 
-    def __init__(self, inputs: Tensors, key: Any, rows: int, deadline: float | None, now: float):
+    def __init__(
+        self,
+        inputs: Tensors,
+        key: Any,
+        rows: int,
+        deadline: float | None,
+        now: float,
+        gone: Gone | None,
+        future: asyncio.Future[dict[str, np.ndarray]],
+    ) -> None:
         self.inputs = inputs
         self.key = key
         self.rows = rows
         self.deadline = deadline
         self.enqueued = now
+        self.gone = gone
         self.state = _QUEUED
-        self.future: asyncio.Future[dict[str, np.ndarray]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self.future = future
 
 
 def batchable(signature: SignatureSpec) -> bool:
@@ -120,11 +130,15 @@ class Batcher:
         stats.inflight_batches = len(self._inflight)
         return stats
 
-    async def submit(self, inputs: Tensors, deadline: float | None = None) -> dict[str, Any]:
+    async def submit(
+        self, inputs: Tensors, deadline: float | None = None, gone: Gone | None = None
+    ) -> dict[str, Any]:
         """Queue one request and wait for its rows of the outputs.
 
         ``deadline`` is on this batcher's clock. Raises RESOURCE_EXHAUSTED when the queue is
-        full and DEADLINE_EXCEEDED when the deadline passes before the request ran.
+        full and DEADLINE_EXCEEDED when the deadline passes before the request ran. ``gone``
+        says whether the caller went away: such a request is dropped (CANCELLED) instead of
+        run, like a cancelled one.
         """
         now = self._clock()
         if deadline is not None and deadline <= now:
@@ -133,26 +147,26 @@ class Batcher:
             self._queue = deque(item for item in self._queue if item.state == _QUEUED)
             if len(self._queue) >= self.options.max_queue_size:
                 raise self._dropped("queue_full", _queue_full(self.options.max_queue_size))
-        item = _Item(inputs, *self._key(inputs), deadline, now)
+        loop = asyncio.get_running_loop()
+        key, rows = self._key(inputs)
+        item = _Item(inputs, key, rows, deadline, now, gone, loop.create_future())
         self._stats.requests += 1
         self._queue.append(item)
+        # A deadline is a timer, not a wait_for: it expires the request only while queued
+        # (once running, its answer is on the way), and costs no task per request.
+        timer = None if deadline is None else loop.call_later(deadline - now, self._expire, item)
         self._dispatch()
         try:
-            if deadline is None:
-                return await item.future
-            timeout = deadline - self._clock()
-            return await asyncio.wait_for(asyncio.shield(item.future), max(timeout, 0))
-        except TimeoutError:
-            if item.state != _QUEUED:
-                return await item.future  # already running: its answer is on the way
-            item.state = _DONE
-            raise self._dropped("deadline", _deadline_error()) from None
+            return await item.future
         except asyncio.CancelledError:
             if item.state == _QUEUED:
                 item.state = _DONE
                 self._stats.cancelled += 1
                 self._observer.request_dropped("cancelled")
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def drain(self) -> None:
         """Wait until every batch already running has finished."""
@@ -180,15 +194,12 @@ class Batcher:
     def _take_batch(self) -> list[_Item]:
         now = self._clock()
         queue = self._queue
-        while queue and queue[0].state != _QUEUED:
-            queue.popleft()
-        while queue and queue[0].deadline is not None and queue[0].deadline <= now:
-            self._expire(queue.popleft())
-            while queue and queue[0].state != _QUEUED:
-                queue.popleft()
-        if not queue:
+        while queue:
+            first = queue.popleft()
+            if self._runnable(first, now):
+                break
+        else:
             return []
-        first = queue.popleft()
         batch, rows = [first], first.rows
         if first.key is not None:
             rows = self._gather(batch, rows, now)
@@ -203,11 +214,9 @@ class Batcher:
         key, limit = batch[0].key, self.options.max_batch_size
         kept: deque[_Item] = deque()
         for item in self._queue:
-            if item.state != _QUEUED:
+            if not self._runnable(item, now):
                 continue
-            if item.deadline is not None and item.deadline <= now:
-                self._expire(item)
-            elif item.key == key and rows + item.rows <= limit:
+            if item.key == key and rows + item.rows <= limit:
                 batch.append(item)
                 rows += item.rows
             else:
@@ -232,7 +241,29 @@ class Batcher:
         self._timer = None
         self._dispatch()
 
+    def _runnable(self, item: _Item, now: float) -> bool:
+        """Whether a queued item may still run; one past its deadline, or whose caller has
+        gone, is dropped here instead."""
+        if item.state != _QUEUED:
+            return False
+        if item.deadline is not None and item.deadline <= now:
+            self._expire(item)
+            return False
+        if item.gone is not None and item.gone():
+            item.state = _DONE
+            self._stats.cancelled += 1
+            self._observer.request_dropped("cancelled")
+            if not item.future.done():
+                item.future.set_exception(
+                    ServingError(ErrorKind.CANCELLED, "the client went away before its request ran")
+                )
+            return False
+        return True
+
     def _expire(self, item: _Item) -> None:
+        """Drop a request whose deadline passed, unless it already ran or runs."""
+        if item.state != _QUEUED:
+            return
         item.state = _DONE
         if not item.future.done():
             item.future.set_exception(self._dropped("deadline", _deadline_error()))

@@ -264,9 +264,13 @@ class ModelManager:
         """The version a request names; NOT_FOUND in TF Serving's wording when there is none."""
         with self._lock:
             served = self._models.get(ref.name)
-            missing = not_found(f"Servable not found for request: {ref.describe()}")
             if served is None:
-                raise missing
+                raise self._missing(ref)
+            if ref.label is None and ref.version is None and served.versions:
+                # The common case: the newest version is AVAILABLE, so it is the latest.
+                newest = served.versions[max(served.versions)]
+                if newest.state is State.AVAILABLE:
+                    return newest
             if ref.label is not None:
                 version = self.traffic.label_version(ref.name, ref.label)
                 if version is None:
@@ -277,8 +281,12 @@ class ModelManager:
                 version = latest_version(served.routing_states(self._clock()))
             mv = served.versions.get(version) if version is not None else None
         if mv is None:
-            raise missing
+            raise self._missing(ref)
         return mv
+
+    @staticmethod
+    def _missing(ref: ModelRef) -> ServingError:
+        return not_found(f"Servable not found for request: {ref.describe()}")
 
     def _revive(self, mv: ModelVersion) -> ModelVersion:
         """A fresh version in place of an evicted or failed one, when allowed now."""

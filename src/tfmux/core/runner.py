@@ -10,7 +10,7 @@ from concurrent.futures import Executor
 import numpy as np
 
 from tfmux.config import BatchingConfig
-from tfmux.core.batching import Batcher, BatchingOptions, BatchObserver, batchable
+from tfmux.core.batching import Batcher, BatchingOptions, BatchObserver, Gone, batchable
 from tfmux.core.lifecycle import Lease
 from tfmux.core.observer import Observer
 from tfmux.errors import ServingError, internal
@@ -66,34 +66,44 @@ class ModelRunner:
         tensors: dict[str, np.ndarray],
         wanted: Sequence[str] | None,
         deadline: float | None,
+        gone: Gone | None = None,
     ) -> Outputs:
-        """The outputs for one request; model failures become INTERNAL errors."""
-        model, name = lease.model, signature.name
+        """The outputs for one request; model failures become INTERNAL errors. ``gone`` says
+        whether the caller went away (its queued work is then dropped)."""
         outputs = tuple(wanted) if wanted else None
-
-        def call(inputs: dict[str, np.ndarray]) -> Outputs:
-            try:
-                return model.run(name, inputs, outputs)
-            except ServingError:
-                raise
-            except Exception as exc:  # model code failed: report it, keep serving
-                raise internal(f"{type(exc).__name__}: {_shorten(str(exc))}") from exc
-
         config = self._batching_for(lease.name)
         if not config.enabled:
+            call = _caller(lease, signature.name, outputs)
             return await asyncio.get_running_loop().run_in_executor(self._pool, call, tensors)
-        key = (name, outputs)
+        key = (signature.name, outputs)
         batcher = lease.batchers.get(key)
         if batcher is None:
             batcher = Batcher(
-                call,
+                _caller(lease, signature.name, outputs),
                 self._batch_pool,
                 batching_options(config),
                 batchable(signature),
                 _Reporter(self._observer, lease.name, lease.version),
             )
             lease.batchers[key] = batcher
-        return await batcher.submit(tensors, deadline)
+        return await batcher.submit(tensors, deadline, gone)
+
+
+def _caller(
+    lease: Lease, signature: str, outputs: tuple[str, ...] | None
+) -> Callable[[dict[str, np.ndarray]], Outputs]:
+    """The blocking call of one signature of the leased model."""
+    model = lease.model
+
+    def call(inputs: dict[str, np.ndarray]) -> Outputs:
+        try:
+            return model.run(signature, inputs, outputs)
+        except ServingError:
+            raise
+        except Exception as exc:  # model code failed: report it, keep serving
+            raise internal(f"{type(exc).__name__}: {_shorten(str(exc))}") from exc
+
+    return call
 
 
 def _shorten(text: str, limit: int = 2000) -> str:

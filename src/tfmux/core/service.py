@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tfmux.config import MODEL_NAME_RE, BatchingConfig, ModelConfig, TrafficConfig
+from tfmux.core.batching import Gone
 from tfmux.core.lifecycle import Lease, State
 from tfmux.core.manager import ModelManager
 from tfmux.core.observer import NullObserver, Observer
@@ -124,11 +125,11 @@ class ServingService:
         self._runner = ModelRunner(self._pool, self._batch_pool, self._batching_for, self._observer)
 
     def _batching_for(self, name: str) -> BatchingConfig:
-        with contextlib.suppress(ServingError):
+        try:
             own = self.manager.get(name).config.batching
-            if own is not None:
-                return own
-        return self._batching
+        except ServingError:
+            return self._batching
+        return self._batching if own is None else own
 
     async def stop_shadows(self) -> None:
         """Cancel shadow runs still going (before ``close``)."""
@@ -150,6 +151,7 @@ class ServingService:
         method: str = "predict",
         method_name: str | None = None,
         deadline: float | None = None,
+        gone: Gone | None = None,
     ) -> InferenceResult:
         """Run one request against the version ``ref`` names.
 
@@ -158,6 +160,7 @@ class ServingService:
         given, is the signature method the request needs (classify / regress). ``method``
         labels the request in metrics. ``deadline`` (``time.monotonic()`` seconds, capped by
         the server's request timeout) bounds the wait for a lazy load and in the batch queue.
+        ``gone`` says whether the client went away; its request is then dropped before it runs.
         """
         started = time.perf_counter()
         if self._request_timeout is not None:
@@ -170,7 +173,7 @@ class ServingService:
             with await self._lease(route.ref, deadline) as lease:
                 version = str(lease.version)
                 result = await self._run(
-                    lease, inputs, signature_name, output_names, method_name, deadline
+                    lease, inputs, signature_name, output_names, method_name, deadline, gone
                 )
             result.arm = route.arm
             if route.arm:
@@ -199,6 +202,7 @@ class ServingService:
         output_names: Sequence[str] | None,
         method_name: str | None,
         deadline: float | None,
+        gone: Gone | None = None,
     ) -> InferenceResult:
         signature = signature_of(lease, signature_name or DEFAULT_SIGNATURE)
         if method_name is not None and signature.method_name != method_name:
@@ -214,7 +218,7 @@ class ServingService:
                     f"output '{name}' is not an output of signature '{signature.name}' "
                     f"(outputs: {', '.join(sorted(signature.outputs))})"
                 )
-        outputs = await self._runner.run(lease, signature, tensors, wanted, deadline)
+        outputs = await self._runner.run(lease, signature, tensors, wanted, deadline, gone)
         return InferenceResult(lease.name, lease.version, signature, outputs, tensors)
 
     async def _shadow_call(self, ref: ModelRef, primary: InferenceResult) -> InferenceResult:

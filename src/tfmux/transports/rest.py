@@ -40,12 +40,17 @@ JSON = b"application/json"
 ROUTING_KEY = b"x-routing-key"
 
 
+# Whether the client has gone away (disconnected); checked before queued work runs.
+Gone = Callable[[], bool]
+
+
 @dataclass
 class Request:
     method: str
     path: str
     headers: dict[bytes, bytes]
     body: bytes = b""
+    gone: Gone | None = None
 
 
 @dataclass
@@ -57,8 +62,10 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
-# A route answers a path with a handler, or None when the path is not its own.
+# A route answers a path with a handler, or None when the path is not its own. Its answer
+# depends only on the method and path (the app caches it).
 Route = Callable[[str, str], Handler | None]
+ROUTE_CACHE_SIZE = 4096
 
 
 def authorization(request: Request) -> str | None:
@@ -99,6 +106,7 @@ class RestApp:
     def __init__(self, routes: list[Route], max_body_bytes: int) -> None:
         self._routes = routes
         self._max_body = max_body_bytes
+        self._handlers: dict[tuple[str, str], Handler] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -110,8 +118,12 @@ class RestApp:
             handler = self._match(method, path)
             if method in ("POST", "PUT"):
                 body = await self._read_body(headers, receive)
-                request = Request(method, path, headers, body)
-                response = await _unless_disconnected(handler(request), receive)
+                gone = _disconnect_probe(receive)
+                request = Request(method, path, headers, body, gone)
+                if gone is not None:
+                    response = await handler(request)
+                else:
+                    response = await _unless_disconnected(handler(request), receive)
             else:
                 response = await handler(Request(method, path, headers))
         except ServingError as exc:
@@ -133,9 +145,15 @@ class RestApp:
         await send({"type": "http.response.body", "body": response.body})
 
     def _match(self, method: str, path: str) -> Handler:
+        handler = self._handlers.get((method, path))
+        if handler is not None:
+            return handler
         for route in self._routes:
             handler = route(method, path)
             if handler is not None:
+                if len(self._handlers) >= ROUTE_CACHE_SIZE:
+                    self._handlers.clear()
+                self._handlers[method, path] = handler
                 return handler
         raise ServingError(ErrorKind.NOT_FOUND, f"no such endpoint: {method} {path}")
 
@@ -162,6 +180,20 @@ class RestApp:
             f"request body of {size} bytes exceeds the limit of {self._max_body} bytes "
             "(--max-body-size)"
         )
+
+
+def _disconnect_probe(receive: Any) -> Gone | None:
+    """A cheap check for a client that went away, when the HTTP server offers one.
+
+    uvicorn's ``receive`` is a method of the request cycle, whose ``disconnected`` flag its
+    protocol sets when the connection is lost: reading it costs nothing per request, where
+    watching ``receive()`` costs a task (measured ~10% of a small model's request path). The
+    batcher reads it before queued work runs. Other ASGI servers get the watcher instead.
+    """
+    cycle = getattr(receive, "__self__", None)
+    if isinstance(getattr(cycle, "disconnected", None), bool):
+        return lambda: bool(cycle.disconnected)
+    return None
 
 
 async def _unless_disconnected(work: Awaitable[Response], receive: Any) -> Response:

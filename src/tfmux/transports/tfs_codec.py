@@ -26,6 +26,8 @@ _MANTISSA_BITS = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 53}
 _NATIVE = frozenset(
     ["bool", "float32", "float64"] + [f"{s}int{n}" for s in ("", "u") for n in (8, 16, 32, 64)]
 )
+# The numpy dtypes orjson writes itself (OPT_SERIALIZE_NUMPY), little- or native-endian.
+ORJSON_NATIVE = frozenset(np.dtype(name) for name in _NATIVE)
 _JSON_TYPES: dict[type, str] = {dict: "Object", list: "Array", str: "String"}
 _NAN, _INF, _NEG_INF = (orjson.Fragment(t) for t in (b"NaN", b"Infinity", b"-Infinity"))
 
@@ -108,9 +110,15 @@ def to_array(name: str, value: Any, dtype: str) -> np.ndarray:
         return inferred.astype(target)
     if not _fits(inferred, dtype):
         return _checked_array(name, value, dtype)
-    with np.errstate(over="ignore"):
-        array = inferred.astype(target, copy=False)
-    unfinite = dtype in _MANTISSA_BITS and not np.isfinite(array).all()
+    if inferred.dtype == target:
+        array = inferred
+    elif inferred.dtype.kind == "f" and inferred.itemsize > target.itemsize:  # may overflow
+        with np.errstate(over="ignore"):
+            array = inferred.astype(target)
+    else:
+        array = inferred.astype(target)
+    # A finite sum means every value is finite; an overflowing sum only costs the exact check.
+    unfinite = dtype in _MANTISSA_BITS and not math.isfinite(np.add.reduce(array, axis=None))
     if unfinite and (np.isfinite(inferred) & ~np.isfinite(array)).any():  # beyond the float range
         return _checked_array(name, value, dtype)
     return array
@@ -237,10 +245,14 @@ def json_value(array: np.ndarray, as_bytes: bool = False) -> Any:
     """
     if array.dtype.kind in "OSU":
         return _strings(array, as_bytes)
-    if array.dtype.name in ("float16", "bfloat16"):
-        array = array.astype(np.float32)
-    if array.dtype.name not in _NATIVE:
-        raise invalid_argument(f"Failed to write JSON value for tensor type: {array.dtype.name}")
+    if array.dtype not in ORJSON_NATIVE:
+        if array.dtype.name in ("float16", "bfloat16"):
+            array = array.astype(np.float32)
+        elif array.dtype.name in _NATIVE:  # the other byte order
+            array = array.astype(array.dtype.newbyteorder("="))
+        else:
+            name = array.dtype.name
+            raise invalid_argument(f"Failed to write JSON value for tensor type: {name}")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         return _nonfinite(array)
     return np.ascontiguousarray(array) if array.ndim else array[()]

@@ -17,6 +17,7 @@ import numpy as np
 
 from tfmux.errors import invalid_argument
 from tfmux.transports.tfs_codec import (
+    ORJSON_NATIVE,
     dumps,
     is_b64,
     json_type,
@@ -168,6 +169,12 @@ def encode_predict(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes:
     """
     if not outputs:
         raise invalid_argument("Cannot convert empty tensor map to JSON")
+    if fmt == "row" and len(outputs) == 1:
+        ((name, array),) = outputs.items()
+        if array.ndim and array.dtype in ORJSON_NATIVE and not name.endswith("_bytes"):
+            body = dumps({"predictions": np.ascontiguousarray(array)})
+            if b"null" not in body:  # orjson writes non-finite floats as null: not TF Serving's
+                return body
     if fmt == "row":
         return dumps({"predictions": _row_predictions(outputs)})
     values = {name: json_value(array, name.endswith("_bytes")) for name, array in outputs.items()}

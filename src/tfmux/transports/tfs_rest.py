@@ -61,6 +61,7 @@ class TfServingRest:
             ref,
             lambda signature: tfs_json.decode_inputs(parsed, signature),
             signature_name=parsed.signature_name,
+            gone=request.gone,
         )
         body = tfs_json.encode_predict(result.outputs, parsed.format)
         return Response(body=body, headers=served_by(result))
@@ -82,6 +83,7 @@ class TfServingRest:
             signature_name=signature_name,
             method=method,
             method_name=method_name,
+            gone=request.gone,
         )
         encode = tfs_json.encode_classify if method == "classify" else tfs_json.encode_regress
         return Response(body=encode(result.outputs), headers=served_by(result))

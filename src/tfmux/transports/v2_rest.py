@@ -121,6 +121,7 @@ class KServeRest:
             output_names=parsed.output_names(),
             method="infer",
             deadline=deadline_after(parsed.timeout_us),
+            gone=request.gone,
         )
         body, header_length = v2_json.encode_infer(parsed, result)
         if header_length is None:
