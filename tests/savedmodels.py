@@ -122,6 +122,140 @@ def keras_export(root: Path, name: str = "keras", version: int = 1) -> Path:
     return _write(root, name, version, build)
 
 
+def tf2_twin(root: Path, name: str, scale: float, version: int = 1) -> Path:
+    """TF2 with one variable named ``w`` in every twin: ``x`` float32 [None, 3] -> ``y``
+    float32 [None, 1] = x @ w, with w = ``scale`` everywhere."""
+
+    def build(path: Path) -> None:
+        tf = import_tensorflow()
+        module = tf.Module()
+        module.w = tf.Variable(np.full((3, 1), scale, np.float32), name="w")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def serve(x: Any) -> dict[str, Any]:
+            return {"y": tf.matmul(x, module.w)}
+
+        _save_tf2(path, serve, module)
+
+    return _write(root, name, version, build)
+
+
+VOCABULARY = ("apple", "banana", "cherry")
+
+
+def tf2_lookup(root: Path, name: str = "lookup", version: int = 1) -> Path:
+    """TF2 ``tf.Module`` with a vocabulary asset file read into a hash table by the SavedModel's
+    init op, a variable, and two signatures (``tf.saved_model.save`` with a dict):
+
+    - ``serving_default``: ``words`` string [None] -> ``ids`` int64 [None] (line of the word
+      in VOCABULARY, -1 when absent), ``size`` int64 scalar (vocabulary size);
+    - ``scaled``: ``x`` float32 [None] -> ``y`` float32 [None] = x * 1.5 (a variable).
+    """
+
+    def build(path: Path) -> None:
+        tf = import_tensorflow()
+        vocabulary = path.parent / f"{path.name}-vocabulary.txt"
+        vocabulary.write_text("".join(f"{word}\n" for word in VOCABULARY))
+        module = tf.Module()
+        module.asset = tf.saved_model.Asset(str(vocabulary))
+        initializer = tf.lookup.TextFileInitializer(
+            module.asset,
+            tf.string,
+            tf.lookup.TextFileIndex.WHOLE_LINE,
+            tf.int64,
+            tf.lookup.TextFileIndex.LINE_NUMBER,
+        )
+        module.table = tf.lookup.StaticHashTable(initializer, default_value=-1)
+        module.scale = tf.Variable(1.5, name="scale")
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="words")])
+        def lookup(words: Any) -> dict[str, Any]:
+            return {"ids": module.table.lookup(words), "size": module.table.size()}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def scaled(x: Any) -> dict[str, Any]:
+            return {"y": x * module.scale}
+
+        module.lookup, module.scaled = lookup, scaled
+        signatures = {"serving_default": lookup, "scaled": scaled}
+        tf.saved_model.save(module, str(path), signatures=signatures)
+        vocabulary.unlink()  # the SavedModel holds its own copy under assets/
+
+    return _write(root, name, version, build)
+
+
+def keras_lookup(root: Path, name: str = "keras_lookup", version: int = 1) -> Path:
+    """Keras 3 ``model.export`` with a StringLookup and an Embedding: ``words`` string
+    [None, 1] -> ``output_0`` float32 [None, 2], the embedding row of the word's index
+    (0 for out-of-vocabulary words, then VOCABULARY in order); row i is [i, -i].
+
+    Its graph keeps variable nodes that no signature reads and that the v1 loader leaves
+    uninitialized (Keras exports copies of its variables), which the runtimes must ignore.
+    """
+
+    def build(path: Path) -> None:
+        import_tensorflow()
+        import keras
+
+        inputs = keras.Input(shape=(1,), dtype="string", name="words")
+        ids = keras.layers.StringLookup(vocabulary=list(VOCABULARY), name="lookup")(inputs)
+        embedded = keras.layers.Embedding(len(VOCABULARY) + 1, 2, name="embedding")(ids)
+        model = keras.Model(inputs, keras.layers.Flatten(name="flat")(embedded))
+        rows = np.arange(len(VOCABULARY) + 1, dtype=np.float32)
+        model.get_layer("embedding").set_weights([np.stack([rows, -rows], axis=1)])
+        model.export(str(path), verbose=False)
+
+    return _write(root, name, version, build)
+
+
+def keras_tf_saved(root: Path, name: str = "keras_tf_saved", version: int = 1) -> Path:
+    """A Keras 3 model written by ``tf.saved_model.save`` instead of ``model.export``:
+    ``inputs`` float32 [None, 4] -> ``output_0`` float32 [None, 2] = inputs @ KERAS_KERNEL +
+    KERAS_BIAS.
+
+    Its signature function reads the layer's variables, but its checkpoint holds copies of
+    them, so the v1 loader (and TF Serving) restores the copies and leaves the variables the
+    signature reads without a value; ``tf.saved_model.load`` restores them by object.
+    """
+
+    def build(path: Path) -> None:
+        tf = import_tensorflow()
+        import keras
+
+        inputs = keras.Input(shape=(4,), name="features")
+        model = keras.Model(inputs, keras.layers.Dense(2, name="dense")(inputs))
+        model.set_weights([KERAS_KERNEL, KERAS_BIAS])
+        tf.saved_model.save(model, str(path))
+
+    return _write(root, name, version, build)
+
+
+def tf1_echo(root: Path, name: str = "echo", version: int = 1) -> Path:
+    """TF1 whose signature aliases share tensors: inputs ``x`` and ``x_again`` are both the
+    placeholder ``x:0`` (float32 [None]); outputs ``echo`` is that placeholder itself and
+    ``double`` = 2 * x."""
+
+    def build(path: Path) -> None:
+        tf = import_tensorflow()
+        v1 = tf.compat.v1
+        with tf.Graph().as_default() as graph:
+            x = v1.placeholder(tf.float32, [None], name="x")
+            double = tf.multiply(x, 2.0, name="double")
+            signature = v1.saved_model.signature_def_utils.predict_signature_def(
+                {"x": x, "x_again": x}, {"echo": x, "double": double}
+            )
+            with v1.Session(graph=graph) as session:
+                builder = v1.saved_model.Builder(str(path))
+                builder.add_meta_graph_and_variables(
+                    session,
+                    [v1.saved_model.tag_constants.SERVING],
+                    signature_def_map={"serving_default": signature},
+                )
+                builder.save()
+
+    return _write(root, name, version, build)
+
+
 def versions(root: Path, name: str = "versioned", versions: Iterable[int] = (1, 2)) -> Path:
     """TF2, one directory per version: ``x`` float32 [None] -> ``y`` = x * version."""
     base = Path(root) / name
@@ -158,9 +292,9 @@ def _write(root: Path, name: str, version: int, build: Callable[[Path], None]) -
     return base
 
 
-def _save_tf2(path: Path, serve: Any) -> None:
+def _save_tf2(path: Path, serve: Any, module: Any = None) -> None:
     tf = import_tensorflow()
-    module = tf.Module()
+    module = tf.Module() if module is None else module
     module.serve = serve
     tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
 

@@ -1,7 +1,9 @@
-"""The TF1 and TF2 runtimes against tiny real SavedModels."""
+"""The session (``tf1``) and TF2 runtimes against tiny real SavedModels, and ``auto``'s choice
+between them: the session runtime for every model unless it cannot serve a TF2 one."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -39,6 +41,12 @@ def runtime_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "failing": savedmodels.failing(root),
         "keras": savedmodels.keras_export(root),
         "corrupt": savedmodels.corrupt(root),
+        "tf2_twin2": savedmodels.tf2_twin(root, "tf2_twin2", scale=2.0),
+        "tf2_twin_neg": savedmodels.tf2_twin(root, "tf2_twin_neg", scale=-1.0),
+        "lookup": savedmodels.tf2_lookup(root),
+        "keras_lookup": savedmodels.keras_lookup(root),
+        "keras_tf_saved": savedmodels.keras_tf_saved(root),
+        "echo": savedmodels.tf1_echo(root),
     }
     return {name: base / "1" for name, base in bases.items()}
 
@@ -67,13 +75,24 @@ def direct_tf2(path: Path, signature: str, **inputs: np.ndarray) -> dict[str, np
     return {k: v.numpy() for k, v in outputs.items()}
 
 
+def assert_same_answers(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Same output names, Python types (numpy scalars for scalars, bytes in object arrays for
+    strings), dtypes and values."""
+    assert sorted(got) == sorted(want)
+    for alias, value in want.items():
+        assert type(got[alias]) is type(value), alias
+        assert got[alias].dtype == value.dtype, alias
+        np.testing.assert_array_equal(got[alias], value)
+
+
 def test_importing_runtimes_does_not_import_tensorflow() -> None:
     code = "import tfmux.runtimes, sys; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 KINDS = {"binary": "tf2", "regression": "tf1", "twin2": "tf1", "multi": "tf2"}
-KINDS |= {"classify_regress": "tf1", "failing": "tf2", "keras": "tf2"}
+KINDS |= {"classify_regress": "tf1", "failing": "tf2", "keras": "tf2", "echo": "tf1"}
+KINDS |= {"lookup": "tf2", "keras_lookup": "tf2", "keras_tf_saved": "tf2"}
 
 
 @pytest.mark.parametrize(("name", "kind"), KINDS.items())
@@ -126,13 +145,15 @@ def test_signature_specs(load: Any, name: str, signature: str, method: str) -> N
     assert described == EXPECTED_SIGNATURES[name, signature, method]
 
 
+@pytest.mark.parametrize("kind", ["auto", "tf2"])
 def test_tf2_predictions_equal_tensorflow_also_under_concurrency(
-    load: Any, runtime_models: dict[str, Path]
+    load: Any, runtime_models: dict[str, Path], kind: str
 ) -> None:
     want = direct_tf2(runtime_models["binary"], "serving_default", x=ROWS)["probability"]
     expected = 1 / (1 + np.exp(-(ROWS @ demo.BINARY_WEIGHTS + demo.BINARY_BIAS)))
     np.testing.assert_allclose(want, expected, rtol=1e-6)
-    model = load("binary")
+    model = load("binary", kind)
+    assert model.runtime == {"auto": "tf1", "tf2": "tf2"}[kind]
     assert list(model.signatures) == ["serving_default"]
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda _: model.run("serving_default", {"x": ROWS}), range(100)))
@@ -140,23 +161,85 @@ def test_tf2_predictions_equal_tensorflow_also_under_concurrency(
         np.testing.assert_array_equal(result["probability"], want)
 
 
-def test_tf2_model_gives_same_answers_through_tf1_runtime(load: Any) -> None:
-    via_tf1, via_tf2 = load("binary", "tf1", intra_op_threads=1), load("binary", "tf2")
-    assert via_tf1.signatures == via_tf2.signatures
-    want = via_tf2.run("serving_default", {"x": ROWS})["probability"]
-    np.testing.assert_allclose(via_tf1.run("serving_default", {"x": ROWS})["probability"], want)
+MULTI_INPUTS = {
+    "a": np.array([[1.0, 2.0], [0.5, -0.5]], dtype=np.float32),
+    "b": np.array([3, -4], dtype=np.int64),
+    "s": np.array(["héllo".encode(), b""], dtype=object),
+}
+
+WORDS = np.array([b"banana", b"kiwi", b"apple"], dtype=object)
+# Every TF2 fixture the session runtime serves: (model, signature, inputs).
+TF2_CALLS = [
+    ("binary", "serving_default", {"x": ROWS}),
+    ("failing", "serving_default", {"x": np.array([[4.0], [0.0]], dtype=np.float32)}),
+    ("keras", "serving_default", {"features": np.arange(8, dtype=np.float32).reshape(2, 4)}),
+    ("keras_lookup", "serve", {"words": WORDS.reshape(3, 1)}),
+    ("keras_lookup", "serving_default", {"words": WORDS.reshape(3, 1)}),
+    ("lookup", "serving_default", {"words": WORDS}),
+    ("lookup", "scaled", {"x": np.array([2.0, -1.0], dtype=np.float32)}),
+    ("multi", "serving_default", MULTI_INPUTS),
+    ("tf2_twin2", "serving_default", {"x": ROWS}),
+]
 
 
-def test_tf1_twins_are_isolated_also_under_concurrency(load: Any) -> None:
+@pytest.mark.parametrize(("name", "signature", "inputs"), TF2_CALLS)
+def test_auto_serves_tf2_models_through_a_session_with_tensorflows_answers(
+    load: Any, runtime_models: dict[str, Path], name: str, signature: str, inputs: Any
+) -> None:
+    model, via_tf2 = load(name), load(name, "tf2", intra_op_threads=1)
+    assert (model.runtime, via_tf2.runtime) == ("tf1", "tf2")
+    assert model.signatures == via_tf2.signatures  # both read the SignatureDefs
+    want = direct_tf2(runtime_models[name], signature, **inputs)
+    assert_same_answers(model.run(signature, inputs), want)
+    assert_same_answers(via_tf2.run(signature, inputs), want)
+    assert_same_answers(load(name, "tf1", intra_op_threads=1).run(signature, inputs), want)
+
+
+def test_lookup_tables_assets_and_scalars_through_a_session(load: Any) -> None:
+    got = load("lookup").run("serving_default", {"words": WORDS})
+    np.testing.assert_array_equal(got["ids"], np.array([1, -1, 0], dtype=np.int64))
+    assert got["size"] == np.int64(len(savedmodels.VOCABULARY))  # a numpy scalar, as in TF2
+    embedded = load("keras_lookup").run("serve", {"words": WORDS.reshape(3, 1)})["output_0"]
+    np.testing.assert_array_equal(embedded, np.array([[2, -2], [0, 0], [1, -1]], np.float32))
+
+
+def test_auto_falls_back_to_tf2_when_the_session_cannot_restore_variables(
+    load: Any, runtime_models: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    features = np.arange(8, dtype=np.float32).reshape(2, 4)
+    want = direct_tf2(runtime_models["keras_tf_saved"], "serving_default", inputs=features)
+    expected = features @ savedmodels.KERAS_KERNEL + savedmodels.KERAS_BIAS
+    np.testing.assert_allclose(want["output_0"], expected, rtol=1e-6)
+    with caplog.at_level(logging.INFO, logger="tfmux.runtimes"):
+        model = load("keras_tf_saved")
+    assert model.runtime == "tf2"
+    (record,) = [r for r in caplog.records if r.name == "tfmux.runtimes"]
+    assert record.levelno == logging.INFO
+    assert "not restored: dense/bias, dense/kernel" in record.getMessage()
+    assert str(runtime_models["keras_tf_saved"]) in record.getMessage()
+    assert_same_answers(model.run("serving_default", {"inputs": features}), want)
+    forced = load("keras_tf_saved", "tf1")  # what the fallback avoids: it fails on every call
+    assert forced.runtime == "tf1"
+    with pytest.raises(ServingError, match="Could not find variable dense/") as info:
+        forced.run("serving_default", {"inputs": features})
+    assert info.value.kind is ErrorKind.INTERNAL
+
+
+@pytest.mark.parametrize(
+    "twins", [("regression", "twin2", "twin_neg"), ("tf2_twin2", "tf2_twin_neg")]
+)
+def test_twins_are_isolated_also_under_concurrency(load: Any, twins: tuple[str, ...]) -> None:
     expected = {
         "regression": lambda rows: rows @ demo.REGRESSION_WEIGHTS + demo.REGRESSION_BIAS,
         "twin2": lambda rows: 2.0 * rows.sum(axis=1, keepdims=True),
         "twin_neg": lambda rows: -1.0 * rows.sum(axis=1, keepdims=True),
     }
-    models = {name: load(name) for name in expected}  # same tensor and variable names
+    expected |= {"tf2_twin2": expected["twin2"], "tf2_twin_neg": expected["twin_neg"]}
+    models = {name: load(name) for name in twins}  # same tensor and variable names
+    assert {model.runtime for model in models.values()} == {"tf1"}
 
     def call(i: int) -> tuple[str, np.ndarray, np.ndarray]:
-        name, rows = list(models)[i % 3], ROWS * (i % 7)
+        name, rows = twins[i % len(twins)], ROWS * (i % 7)
         return name, rows, models[name].run("serving_default", {"x": rows})["y"]
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -166,11 +249,16 @@ def test_tf1_twins_are_isolated_also_under_concurrency(load: Any) -> None:
         np.testing.assert_allclose(y, expected[name](rows), rtol=1e-6)
 
 
-MULTI_INPUTS = {
-    "a": np.array([[1.0, 2.0], [0.5, -0.5]], dtype=np.float32),
-    "b": np.array([3, -4], dtype=np.int64),
-    "s": np.array(["héllo".encode(), b""], dtype=object),
-}
+def test_session_handles_shared_tensors_and_converts_dtypes(load: Any) -> None:
+    model = load("echo")  # x and x_again are one placeholder; echo fetches it
+    x = np.array([1.5, -2.0], dtype=np.float32)
+    got = model.run("serving_default", {"x": x, "x_again": x})
+    assert list(got) == ["double", "echo"]
+    np.testing.assert_array_equal(got["echo"], x)
+    np.testing.assert_array_equal(got["double"], 2 * x)
+    assert model.run("serving_default", {"x": x, "x_again": x}, ["echo"])["echo"] is x
+    rows = load("binary").run("serving_default", {"x": ROWS.astype(np.float64).tolist()})
+    assert rows["probability"].dtype == np.float32  # converted as Session.run did
 
 
 def test_strings_and_mixed_dtypes_round_trip(load: Any, runtime_models: dict[str, Path]) -> None:
@@ -216,10 +304,12 @@ def test_classify_and_regress(load: Any) -> None:
     np.testing.assert_allclose(predicted, softmax, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["tf1", "tf2"])
+@pytest.mark.parametrize("kind", ["auto", "tf1", "tf2"])
 def test_failing_model_raises_then_recovers(load: Any, kind: str) -> None:
     model = load("failing", kind)
-    with pytest.raises(ServingError, match=r"InvalidArgumentError: .*x must be non-negative") as e:
+    assert model.runtime == {"auto": "tf1"}.get(kind, kind)
+    message = r"InvalidArgumentError: assertion failed: \[x must be non-negative"
+    with pytest.raises(ServingError, match=message) as e:
         model.run("serving_default", {"x": np.array([[4.0], [-1.0]], dtype=np.float32)})
     assert e.value.kind is ErrorKind.INTERNAL
     assert "Graph execution error" not in e.value.message
@@ -279,11 +369,17 @@ def test_load_errors_are_serving_errors(
     with pytest.raises(ServingError, match=f"Failed to load SavedModel at {broken}: ") as info:
         load_model(broken, kind)
     assert info.value.kind is ErrorKind.NOT_FOUND
+    broken = shutil.copytree(runtime_models["tf2_twin2"], tmp_path / "tf2" / "1")
+    for data in (broken / "variables").glob("variables.data-*"):
+        data.unlink()  # auto tries both runtimes; the error is TensorFlow's in each
+    with pytest.raises(ServingError, match=f"Failed to load SavedModel at {broken}: .*data-") as e:
+        load_model(broken, kind)
+    assert e.value.kind is ErrorKind.UNKNOWN
 
 
 def test_auto_runtime_and_unknown_kind(runtime_models: dict[str, Path]) -> None:
     model = AutoRuntime(intra_op_threads=1).load(runtime_models["regression"])
-    assert (AutoRuntime.name, type(model).__name__) == ("auto", "TF1Model")
+    assert (AutoRuntime.name, type(model).__name__, model.runtime) == ("auto", "TF1Model", "tf1")
     model.close()
     with pytest.raises(ServingError, match="Unknown runtime kind 'onnx'") as info:
         load_model(runtime_models["binary"], "onnx")

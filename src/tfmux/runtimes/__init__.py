@@ -1,7 +1,10 @@
 """TensorFlow runtimes: load SavedModel version directories into LoadedModels.
 
-Importing this package does not import TensorFlow; the runtime modules (``tf1``, ``tf2``,
-``savedmodel``) import it and are imported only when a model is loaded.
+Two runtimes: ``tf1``, the session runtime (a graph and ``Session`` per version, the default
+for every SavedModel), and ``tf2`` (``tf.saved_model.load``, the fallback for TF2 SavedModels
+the session runtime cannot serve). Importing this package does not import TensorFlow; the
+runtime modules (``tf1``, ``tf2``, ``savedmodel``) import it and are imported only when a model
+is loaded.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from tfmux.core.runtime import LoadedModel
 from tfmux.errors import invalid_argument
 
 KINDS = ("auto", "tf1", "tf2")
+log = logging.getLogger(__name__)
 
 
 def quiet_tensorflow() -> None:
@@ -37,28 +41,57 @@ quiet_tensorflow()
 def load_model(path: Path, kind: str = "auto", **session_options: Any) -> LoadedModel:
     """Load the SavedModel version directory ``path``.
 
-    ``kind`` is ``tf1`` (own graph + session), ``tf2`` (``tf.saved_model.load``) or ``auto``
-    (``tf2`` for object-based SavedModels, ``tf1`` for graph-only ones). ``session_options``
-    (``intra_op_threads``, ``inter_op_threads``) configure TF1 sessions and are ignored by TF2
-    loads. Raises ServingError for a missing or unreadable SavedModel.
+    ``kind`` is ``tf1`` (the session runtime: own graph + session), ``tf2``
+    (``tf.saved_model.load``) or ``auto``: the session runtime for every SavedModel, as TF
+    Serving does, except a TF2 SavedModel the session runtime cannot serve (its v1 load fails,
+    or leaves variables the signatures read without a value), which falls back to ``tf2``
+    with the reason logged at INFO. ``session_options`` (``intra_op_threads``,
+    ``inter_op_threads``) configure sessions and are ignored by TF2 loads. Raises
+    ServingError for a missing or unreadable SavedModel.
     """
     if kind not in KINDS:
         raise invalid_argument(f"Unknown runtime kind {kind!r}; expected one of {KINDS}")
-    if kind == "auto":
-        from tfmux.runtimes.savedmodel import detect_kind
+    if kind == "tf2":
+        from tfmux.runtimes.tf2 import TF2Runtime
 
-        kind = detect_kind(path)
+        return TF2Runtime().load(path)
+    from tfmux.runtimes.tf1 import TF1Runtime
+
+    runtime = TF1Runtime(**session_options)
     if kind == "tf1":
-        from tfmux.runtimes.tf1 import TF1Runtime
+        return runtime.load(path)
+    from tfmux.runtimes.savedmodel import detect_kind
 
-        return TF1Runtime(**session_options).load(path)
+    if detect_kind(path) == "tf1":  # graph-only: the session runtime is the only one
+        return runtime.load(path)
+    try:
+        model = runtime.load(path)
+    except Exception as exc:
+        reason = str(exc)
+    else:
+        try:
+            missing = model.uninitialized_variables()
+        except BaseException:
+            model.close()
+            raise
+        if not missing:
+            return model
+        model.close()
+        reason = f"variables the signatures read were not restored: {', '.join(missing)}"
+    log.info(
+        "The session runtime cannot serve the TF2 SavedModel at %s (%s); "
+        "loading it with tf.saved_model.load",
+        path,
+        reason,
+    )
     from tfmux.runtimes.tf2 import TF2Runtime
 
     return TF2Runtime().load(path)
 
 
 class AutoRuntime:
-    """A Runtime that picks TF1 or TF2 per SavedModel (see ``load_model``). Stateless."""
+    """A Runtime that picks the session or the TF2 runtime per SavedModel (see
+    ``load_model``). Stateless."""
 
     name = "auto"
 

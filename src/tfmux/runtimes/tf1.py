@@ -1,19 +1,30 @@
-"""The TF1 runtime: each model version in its own ``tf.Graph`` and ``tf.compat.v1.Session``.
+"""The session runtime (``runtime: tf1``): each model version in its own ``tf.Graph`` and
+``tf.compat.v1.Session``, loaded by the v1 SavedModel loader, as TF Serving runs every
+SavedModel (TF1 and TF2 alike) through a C++ Session.
 
-Graph isolation means two models with identical tensor or variable names never interfere. Runs
-go through ``Session.make_callable`` (one callable per signature, fed inputs and requested
-outputs), the cheapest way to call a graph from Python.
+It is the default for TF2 SavedModels too because a call costs less Python than a TF2
+signature function (measured in docs/architecture.md). Graph isolation means two models with
+identical tensor or variable names never interfere: each session has its own graph and its own
+resource containers.
+
+Runs go through the C++ ``Session::MakeCallable`` API (``Session._make_callable_from_options``:
+one compiled callable per signature, input names and output selection). It is private Python
+API, but the public ``Session.make_callable`` with a feed list falls back to the generic
+``Session.run`` path, which costs ~60 µs more per call.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
+from tensorflow.python.client import pywrap_tf_session
 
 from tfmux.errors import failed_precondition, invalid_argument
 from tfmux.runtimes import collect_garbage
@@ -26,18 +37,87 @@ from tfmux.runtimes.savedmodel import (
     serve_meta_graph,
     signature_specs,
 )
-from tfmux.types import SignatureSpec
+from tfmux.types import SignatureSpec, numpy_dtype
 
-_CallableKey = tuple[str, tuple[str, ...], tuple[str, ...]]
+_PlanKey = tuple[str, tuple[str, ...], tuple[str, ...]]
+
+
+class _Plan:
+    """One signature called with one set of input aliases and one output selection: a session
+    callable plus what the Session.run path did in Python for it (dtype conversion, duplicate
+    feeds, outputs that are fed inputs)."""
+
+    __slots__ = ("_callable", "_casts", "_feed_picks", "_outputs", "_run", "_sources")
+
+    def __init__(
+        self, session: Any, spec: SignatureSpec, aliases: tuple[str, ...], outputs: tuple[str, ...]
+    ) -> None:
+        unknown = [alias for alias in aliases if alias not in spec.inputs]
+        if unknown:
+            raise invalid_argument(
+                f"Signature {spec.name!r} has no inputs named {unknown}; "
+                f"expected {sorted(spec.inputs)}"
+            )
+        feeds: dict[str, int] = {}  # tensor name -> position of its first alias
+        for position, alias in enumerate(aliases):
+            feeds.setdefault(spec.inputs[alias].tensor_name, position)
+        self._feed_picks = None if len(feeds) == len(aliases) else list(feeds.values())
+        # Numeric inputs of another dtype are converted (Session.run did); strings of any
+        # numpy kind (object, bytes, unicode) are accepted by TensorFlow as they are.
+        self._casts = [
+            (position, numpy_dtype(spec.inputs[alias].dtype))
+            for position, alias in enumerate(aliases)
+            if spec.inputs[alias].dtype != "string"
+        ]
+        # A tensor can be both fed and fetched in Session.run (the fed value comes back), but
+        # not in a callable: such outputs are taken from the inputs.
+        fetches: list[str] = []
+        self._sources: list[tuple[bool, int]] | None = []
+        for alias in outputs:
+            name = spec.outputs[alias].tensor_name
+            if name in feeds:
+                self._sources.append((True, feeds[name]))
+            else:
+                self._sources.append((False, len(fetches)))
+                fetches.append(name)
+        if len(fetches) == len(outputs):
+            self._sources = None
+        self._outputs = outputs
+        options = config_pb2.CallableOptions(feed=list(feeds), fetch=fetches)
+        self._callable = self._run = None
+        if fetches:  # a callable must fetch something
+            # The callable object releases its C++ handle when dropped; calls skip its Python
+            # wrapper (keyword and run-metadata handling, ~1 µs) for TensorFlow's binding.
+            self._callable = session._make_callable_from_options(options)
+            self._run = functools.partial(
+                pywrap_tf_session.TF_SessionRunCallable, session._session, self._callable._handle
+            )
+
+    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        values = list(inputs.values())
+        for position, dtype in self._casts:
+            if getattr(values[position], "dtype", None) != dtype:
+                values[position] = np.asarray(values[position], dtype)
+        if self._feed_picks is not None:
+            values = [values[position] for position in self._feed_picks]
+        results = self._run(values, None) if self._run is not None else []
+        if self._sources is None:
+            return dict(zip(self._outputs, results, strict=True))
+        return {
+            alias: values[index] if fed else results[index]
+            for alias, (fed, index) in zip(self._outputs, self._sources, strict=True)
+        }
 
 
 class TF1Model:
     """A SavedModel loaded into a private graph and session.
 
-    ``run`` is thread-safe: TensorFlow sessions and their callables may be called concurrently,
-    and the callable cache is guarded by a lock. The model owns its session; ``close`` releases
-    it, after which ``run`` raises FAILED_PRECONDITION.
+    ``run`` is thread-safe: a session's callables may be called concurrently, and the plan
+    cache is guarded by a lock. The model owns its session; ``close`` releases it, after which
+    ``run`` raises FAILED_PRECONDITION.
     """
+
+    runtime = "tf1"
 
     def __init__(self, path: Path, config: tf.compat.v1.ConfigProto | None = None) -> None:
         serve_meta_graph(path)  # clear ServingErrors for a missing or corrupt saved_model.pb
@@ -55,7 +135,7 @@ class TF1Model:
                 raise from_op_error(exc, f"Failed to load SavedModel at {path}: ") from exc
             raise
         self._signatures = signature_specs(meta_graph)
-        self._callables: dict[_CallableKey, Callable[..., list[np.ndarray]]] = {}
+        self._plans: dict[_PlanKey, _Plan] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -71,41 +151,63 @@ class TF1Model:
     ) -> dict[str, np.ndarray]:
         """Run ``signature``, feeding ``inputs`` by alias; returns the requested outputs.
 
-        String outputs come back as numpy object arrays of bytes. A model failure raises an
-        INTERNAL ServingError with TensorFlow's message.
+        String outputs come back as numpy object arrays of bytes, scalars as numpy scalars
+        (as TF2's ``Tensor.numpy()`` gives them). A model failure raises an INTERNAL
+        ServingError with TensorFlow's message.
         """
-        spec = find_signature(self._signatures, signature)
-        outputs = select_outputs(spec, output_names)
-        key = (signature, tuple(inputs), outputs)
-        run = self._callables.get(key)
-        if run is None:
-            run = self._make_callable(spec, key)
+        key = (signature, tuple(inputs), tuple(output_names) if output_names else ())
+        plan = self._plans.get(key)
         try:
-            values = run(*inputs.values())
+            if plan is None:
+                plan = self._make_plan(key)
+            return plan(inputs)
         except tf.errors.OpError as exc:
             raise model_failure(exc) from exc
-        return dict(zip(outputs, values, strict=True))
 
-    def _make_callable(
-        self, spec: SignatureSpec, key: _CallableKey
-    ) -> Callable[..., list[np.ndarray]]:
-        _, input_aliases, outputs = key
+    def _make_plan(self, key: _PlanKey) -> _Plan:
+        signature, aliases, output_names = key
+        spec = find_signature(self._signatures, signature)
+        outputs = select_outputs(spec, output_names)
         with self._lock:
             if self._closed:
                 raise failed_precondition(f"The model at {self._path} is closed")
-            run = self._callables.get(key)
-            if run is None:
-                unknown = [alias for alias in input_aliases if alias not in spec.inputs]
-                if unknown:
-                    raise invalid_argument(
-                        f"Signature {spec.name!r} has no inputs named {unknown}; "
-                        f"expected {sorted(spec.inputs)}"
-                    )
-                feeds = [spec.inputs[alias].tensor_name for alias in input_aliases]
-                fetches = [spec.outputs[alias].tensor_name for alias in outputs]
-                run = self._session.make_callable(fetches, feed_list=feeds)
-                self._callables[key] = run
-            return run
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = self._plans[key] = _Plan(self._session, spec, aliases, outputs)
+            return plan
+
+    def uninitialized_variables(self) -> list[str]:
+        """Variables the signatures read that the load left without a value.
+
+        The v1 loader restores variables through the SavedModel's saver, by graph node; a TF2
+        SavedModel whose functions capture variables its checkpoint does not cover (e.g. a
+        Keras 3 model written by ``tf.saved_model.save`` rather than ``export``) loads without
+        error and fails on every call. ``tf.saved_model.load`` restores by object instead.
+        """
+        ops = [
+            self._graph.get_tensor_by_name(tensor.tensor_name).op
+            for spec in self._signatures.values()
+            for tensor in spec.outputs.values()
+        ]
+        seen: set[str] = set()
+        handles = []
+        while ops:
+            op = ops.pop()
+            if op.name in seen:
+                continue
+            seen.add(op.name)
+            if op.type == "VarHandleOp":
+                handles.append(op)
+            ops.extend(tensor.op for tensor in op.inputs)
+            ops.extend(op.control_inputs)
+        if not handles:
+            return []
+        with self._graph.as_default(), tf.name_scope("tfmux_initialized"):
+            checks = [tf.raw_ops.VarIsInitializedOp(resource=op.outputs[0]) for op in handles]
+        flags = self._session.run(checks)
+        return sorted(
+            op.name for op, initialized in zip(handles, flags, strict=True) if not initialized
+        )
 
     def close(self) -> None:
         """Close the session and drop the graph; later runs raise FAILED_PRECONDITION."""
@@ -113,7 +215,7 @@ class TF1Model:
             if self._closed:
                 return
             self._closed = True
-            self._callables.clear()
+            self._plans.clear()  # releases the callables while the session is open
         self._session.close()
         del self._graph
         collect_garbage()
@@ -122,9 +224,11 @@ class TF1Model:
 class TF1Runtime:
     """Loads SavedModels the TF1 way (``tf.compat.v1.saved_model.loader.load``).
 
-    ``intra_op_threads`` / ``inter_op_threads`` go into each session's ConfigProto; None keeps
-    TensorFlow's default. Sessions share TensorFlow's process-wide thread pools unless
-    configured otherwise, so these counts take effect when the first session creates them.
+    Sessions get the ConfigProto TensorFlow gives any v1 Session in a TF2 process (the
+    process-wide thread and GPU settings, soft device placement, so a model saved with
+    variables pinned to a GPU still loads on a CPU-only host), with ``intra_op_threads`` /
+    ``inter_op_threads`` put in when given. Sessions share TensorFlow's process-wide thread
+    pools, so these counts take effect when the first session creates them.
     """
 
     name = "tf1"
@@ -132,12 +236,15 @@ class TF1Runtime:
     def __init__(
         self, intra_op_threads: int | None = None, inter_op_threads: int | None = None
     ) -> None:
-        options: dict[str, Any] = {}
-        if intra_op_threads is not None:
-            options["intra_op_parallelism_threads"] = intra_op_threads
-        if inter_op_threads is not None:
-            options["inter_op_parallelism_threads"] = inter_op_threads
-        self._config = tf.compat.v1.ConfigProto(**options) if options else None
+        self._config: tf.compat.v1.ConfigProto | None = None
+        if intra_op_threads is not None or inter_op_threads is not None:
+            from tensorflow.python.eager import context
+
+            self._config = context.context().config  # what Session(config=None) would use
+            if intra_op_threads is not None:
+                self._config.intra_op_parallelism_threads = intra_op_threads
+            if inter_op_threads is not None:
+                self._config.inter_op_parallelism_threads = inter_op_threads
 
     def load(self, path: Path) -> TF1Model:
         return TF1Model(path, self._config)

@@ -1,4 +1,10 @@
-"""The TF2 runtime: ``tf.saved_model.load`` and the SavedModel's signature functions."""
+"""The TF2 runtime (``runtime: tf2``): ``tf.saved_model.load`` and the SavedModel's signature
+functions.
+
+``runtime: auto`` uses it only for TF2 SavedModels the session runtime (``tf1``) cannot serve:
+it restores variables by object rather than by graph node, and its signature functions run
+in TensorFlow's eager context, at a higher Python cost per call.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ class TF2Model:
     object; ``close`` drops it (TensorFlow frees it on garbage collection), after which ``run``
     raises FAILED_PRECONDITION.
     """
+
+    runtime = "tf2"
 
     def __init__(self, path: Path) -> None:
         self._path = path
