@@ -12,8 +12,9 @@ import time
 from typing import Protocol, cast
 
 from tfmux.transports.h2 import frames as f
+from tfmux.transports.h2.control import ConnectionState
 from tfmux.transports.h2.headers import HeaderDecoder
-from tfmux.transports.h2.stream import Sender, Stream
+from tfmux.transports.h2.stream import Stream
 
 log = logging.getLogger("tfmux.grpc.h2")
 
@@ -31,7 +32,6 @@ _SERVER_PREFACE = f.settings(
         f.ENABLE_PUSH: 0,
     }
 ) + f.window_update(0, CONNECTION_WINDOW - f.DEFAULT_WINDOW)
-_SETTINGS_ACK = f.frame(f.SETTINGS, f.ACK, 0)
 
 
 class Dispatcher(Protocol):
@@ -44,29 +44,25 @@ class Dispatcher(Protocol):
     def closed(self, connection: H2Connection) -> None: ...
 
 
-class H2Connection(asyncio.Protocol):
+class H2Connection(ConnectionState, asyncio.Protocol):
+    """The reading side: preface, frame parsing, HEADERS/CONTINUATION/DATA into streams."""
+
     def __init__(self, dispatcher: Dispatcher) -> None:
+        super().__init__()
         self._dispatcher = dispatcher
         self._limit = dispatcher.max_message + 5
-        self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._preface = False
         self._decoder = HeaderDecoder()
         self._cont: tuple[int, int, list[bytes]] | None = None  # sid, flags, block so far
-        self.streams: dict[int, Stream] = {}
-        self._last_sid = 0
         self._recv_window = CONNECTION_WINDOW
         self._recv_unacked = 0
-        self._out: list[bytes] | None = None  # collects writes while a read is parsed
-        self.sender = Sender(self._write, self._finish)
-        self.going_away = False
-        self.peer = ""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self._transport = transport
+        self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -82,14 +78,14 @@ class H2Connection(asyncio.Protocol):
         for stream in self.streams.values():
             stream.stop()
         self.streams.clear()
-        self._transport = None
+        self.transport = None
         self._dispatcher.closed(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._transport is None or self._transport.is_closing():
+        if self.transport is None or self.transport.is_closing():
             return
         out: list[bytes] = []
-        self._out = out
+        self.out = out
         try:
             if self._buf:
                 self._buf += data
@@ -105,9 +101,9 @@ class H2Connection(asyncio.Protocol):
             log.exception("HTTP/2 connection failed")
             self._fail(f.INTERNAL_ERROR, f"{type(exc).__name__}")
         finally:
-            self._out = None
-            if out and self._transport is not None:
-                self._transport.write(b"".join(out))
+            self.out = None
+            if out and self.transport is not None:
+                self.transport.write(b"".join(out))
 
     # -- frames --------------------------------------------------------------------------
 
@@ -157,7 +153,7 @@ class H2Connection(asyncio.Protocol):
             self._recv_unacked = 0
         stream = self.streams.get(sid)
         if stream is None or stream.received_all:
-            if sid > self._last_sid:
+            if sid > self.last_sid:
                 raise f.H2Error(f.PROTOCOL_ERROR, "DATA on an idle stream")
             return  # a stream already answered or reset: flow control counted, data dropped
         if flags & f.PADDED:
@@ -217,10 +213,10 @@ class H2Connection(asyncio.Protocol):
                 stream.received_all = True
                 self._dispatcher.dispatch(self, stream)
             return
-        if sid <= self._last_sid:
+        if sid <= self.last_sid:
             self._write(f.rst_stream(sid, f.STREAM_CLOSED))
             return
-        self._last_sid = sid
+        self.last_sid = sid
         if self.going_away or len(self.streams) >= MAX_STREAMS:
             self._write(f.rst_stream(sid, f.REFUSED_STREAM))
             return
@@ -236,126 +232,6 @@ class H2Connection(asyncio.Protocol):
         if flags & f.END_STREAM:
             stream.received_all = True
             self._dispatcher.dispatch(self, stream)
-
-    def _on_control(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
-        if ftype == f.WINDOW_UPDATE:
-            if len(payload) != 4:
-                raise f.H2Error(f.FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
-            increment = f.u32(payload) & 0x7FFFFFFF
-            if sid == 0:
-                if increment == 0:
-                    raise f.H2Error(f.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
-                self.sender.connection_window(increment)
-            elif (stream := self.streams.get(sid)) is not None:
-                if increment == 0:
-                    self._reset(stream, f.PROTOCOL_ERROR)
-                else:
-                    self.sender.stream_window(stream, increment)
-        elif ftype == f.SETTINGS:
-            self._on_settings(flags, sid, payload)
-        elif ftype == f.PING:
-            if sid != 0 or len(payload) != 8:
-                raise f.H2Error(f.PROTOCOL_ERROR, "malformed PING")
-            if not flags & f.ACK:
-                self._write(f.frame(f.PING, f.ACK, 0, payload))
-        elif ftype == f.RST_STREAM:
-            if sid == 0 or len(payload) != 4:
-                raise f.H2Error(f.PROTOCOL_ERROR, "malformed RST_STREAM")
-            stream = self.streams.pop(sid, None)
-            if stream is not None:
-                self.sender.forget(stream)
-                stream.stop()
-                self._maybe_close()
-            elif sid > self._last_sid:
-                raise f.H2Error(f.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
-        elif ftype == f.CONTINUATION:
-            self._on_continuation(sid, flags, payload)
-        elif ftype == f.GOAWAY:
-            self.going_away = True
-            self._maybe_close()
-        elif ftype == f.PUSH_PROMISE:
-            raise f.H2Error(f.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
-        elif ftype == f.PRIORITY and len(payload) != 5:
-            raise f.H2Error(f.FRAME_SIZE_ERROR, "PRIORITY length")
-        # PRIORITY and unknown frame types are ignored.
-
-    def _on_settings(self, flags: int, sid: int, payload: bytes) -> None:
-        if sid != 0:
-            raise f.H2Error(f.PROTOCOL_ERROR, "SETTINGS on a stream")
-        if flags & f.ACK:
-            if payload:
-                raise f.H2Error(f.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
-            return
-        for key, value in f.parse_settings(payload):
-            if key == f.INITIAL_WINDOW_SIZE:
-                self.sender.set_initial_window(value, list(self.streams.values()))
-            elif key == f.MAX_FRAME_SIZE:
-                if not f.DEFAULT_MAX_FRAME <= value <= f.MAX_FRAME_LIMIT:
-                    raise f.H2Error(f.PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
-                self.sender.max_frame = value
-            elif key == f.ENABLE_PUSH and value > 1:
-                raise f.H2Error(f.PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH not 0 or 1")
-        self._write(_SETTINGS_ACK)
-
-    # -- writing and closing -------------------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        if self._out is not None:
-            self._out.append(data)
-        elif self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
-
-    def _reset(self, stream: Stream, code: int) -> None:
-        self.streams.pop(stream.id, None)
-        self.sender.forget(stream)
-        stream.stop()
-        self._write(f.rst_stream(stream.id, code))
-        self._maybe_close()
-
-    def _finish(self, stream: Stream) -> None:
-        """The sender wrote the stream's last frame."""
-        if stream.timer is not None:
-            stream.timer.cancel()
-        if self.streams.pop(stream.id, None) is not None and not stream.received_all:
-            self._write(f.rst_stream(stream.id, f.NO_ERROR))  # answered before the upload ended
-        self._maybe_close()
-
-    def _maybe_close(self) -> None:
-        if self.going_away and not self.streams and self._transport is not None:
-            self._flush_and_close()
-
-    def _flush_and_close(self) -> None:
-        if self._out:
-            assert self._transport is not None
-            self._transport.write(b"".join(self._out))
-            self._out.clear()
-        if self._transport is not None:
-            self._transport.close()
-
-    def _fail(self, code: int, message: str) -> None:
-        log.debug("closing HTTP/2 connection from %s: %s", self.peer, message)
-        self._write(f.goaway(self._last_sid, code, message.encode()[:256]))
-        for stream in self.streams.values():
-            stream.stop()
-        self.streams.clear()
-        self.going_away = True
-        self._flush_and_close()
-
-    def shutdown(self) -> None:
-        """Graceful stop: GOAWAY, no new streams; close once the in-flight ones are answered."""
-        if not self.going_away:
-            self.going_away = True
-            self._write(f.goaway(self._last_sid, f.NO_ERROR))
-        self._maybe_close()
-
-    def abort(self) -> None:
-        """Stop now: cancel every handler and close."""
-        for stream in list(self.streams.values()):
-            self.sender.status(stream, 14, "server stopped")  # UNAVAILABLE
-            stream.stop()
-        self.streams.clear()
-        self.going_away = True
-        self._flush_and_close()
 
 
 def _padding(view: memoryview, start: int, end: int) -> int:

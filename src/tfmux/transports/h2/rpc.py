@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tfmux.transports.h2.context import ServicerContext
 from tfmux.transports.h2.frames import OK_TRAILERS
-from tfmux.transports.h2.stream import Stream
+from tfmux.transports.h2.stream import Sender, Stream
 
 if TYPE_CHECKING:
     from tfmux.transports.h2.connection import H2Connection
@@ -183,16 +183,17 @@ class GrpcDispatcher:
             if method.is_async or inspect.isawaitable(response):
                 response = await response
             code, details = context.status
+            if stream.deadline_hit:  # the handler swallowed the cancellation
+                raise asyncio.CancelledError
             if code != OK:
-                sender.status(stream, code, details, context.trailer_block())
+                _status(sender, stream, code, details, context)
                 return
             data = method.serialize(response) if method.serialize else response
+            if type(data) is not bytes:
+                data = bytes(data)
             if len(data) > self.max_message:
-                sender.status(
-                    stream,
-                    RESOURCE_EXHAUSTED,
-                    f"Sent message larger than max ({len(data)} vs. {self.max_message})",
-                )
+                message = f"Sent message larger than max ({len(data)} vs. {self.max_message})"
+                sender.status(stream, RESOURCE_EXHAUSTED, message)
             elif context.has_metadata:
                 trailers = OK_TRAILERS + context.trailer_block()
                 sender.message(stream, data, context.initial_block(), trailers)
@@ -203,20 +204,32 @@ class GrpcDispatcher:
                 sender.status(stream, DEADLINE_EXCEEDED, "Deadline Exceeded")
             # otherwise the client reset the stream or the server is stopping: no answer
         except Exception as exc:
-            if context.aborted:
-                code, details = context.status
-            else:
+            code, details = context.status
+            if not context.aborted:
                 log.exception("gRPC %s failed", stream.head.path)
-                code, details = context.status
-                if code == OK:
-                    code = UNKNOWN
+                code = UNKNOWN if code == OK else code
                 details = f"Unexpected {type(exc)}: {exc}"
-            sender.status(stream, code, details, context.trailer_block())
+            _status(sender, stream, code, details, context)
         finally:
             if stream.timer is not None:
                 stream.timer.cancel()
             if context.has_callbacks:
-                context.run_callbacks()
+                try:
+                    context.run_callbacks()
+                except Exception:
+                    log.exception("a done callback of gRPC %s failed", stream.head.path)
+
+
+def _status(
+    sender: Sender, stream: Stream, code: int, details: str, context: ServicerContext
+) -> None:
+    """End the call with a status and the handler's trailing metadata, if it encodes."""
+    try:
+        extra = context.trailer_block()
+    except Exception:
+        log.exception("trailing metadata of gRPC %s cannot be sent", stream.head.path)
+        extra = b""
+    sender.status(stream, code, details, extra)
 
 
 def _deadline_passed(stream: Stream) -> None:

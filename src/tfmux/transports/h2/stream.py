@@ -110,11 +110,10 @@ class Sender:
             )
             self._done(stream)
             return
-        self._write(head_frame)
         stream.pending = memoryview(_MESSAGE_PREFIX.pack(0, size - 5) + message)
         stream.tail = tail + trailers
         self._blocked[sid] = stream
-        self._send_pending(stream)
+        self._send_pending(stream, head_frame)
 
     def status(self, stream: Stream, code: int, message: str, extra: bytes = b"") -> None:
         """End the stream with a gRPC status: Trailers-Only, or trailers after a sent head."""
@@ -148,12 +147,14 @@ class Sender:
     def forget(self, stream: Stream) -> None:
         self._blocked.pop(stream.id, None)
 
-    def _send_pending(self, stream: Stream) -> None:
+    def _send_pending(self, stream: Stream, first: bytes = b"") -> None:
+        """As much of the stream's message as the windows allow, in one write (after
+        ``first``, the response head, on the first call); then its trailers once all is sent."""
         data = stream.pending
         if data is None:
             return
         sid = stream.id
-        out: list[bytes] = []
+        out = [first] if first else []
         while data:
             n = min(len(data), self.max_frame, stream.window, self.window)
             if n <= 0:

@@ -1,0 +1,153 @@
+"""The state an HTTP/2 connection shares between reading and writing: its streams, send
+windows and closing, and the control frames (SETTINGS, PING, WINDOW_UPDATE, RST_STREAM,
+GOAWAY, PRIORITY) that act on it. ``connection.H2Connection`` adds the reading side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from tfmux.transports.h2 import frames as f
+from tfmux.transports.h2.stream import Sender, Stream
+
+log = logging.getLogger("tfmux.grpc.h2")
+
+UNAVAILABLE = 14
+_SETTINGS_ACK = f.frame(f.SETTINGS, f.ACK, 0)
+
+
+class ConnectionState:
+    """Streams, windows, writes and closing of one connection."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, Stream] = {}
+        self.last_sid = 0
+        self.going_away = False
+        self.peer = ""
+        self.out: list[bytes] | None = None  # collects writes while a read is parsed
+        self.sender = Sender(self._write, self._finish)
+
+    def _on_continuation(self, sid: int, flags: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def _on_control(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
+        if ftype == f.WINDOW_UPDATE:
+            if len(payload) != 4:
+                raise f.H2Error(f.FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
+            increment = f.u32(payload) & 0x7FFFFFFF
+            if sid == 0:
+                if increment == 0:
+                    raise f.H2Error(f.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+                self.sender.connection_window(increment)
+            elif (stream := self.streams.get(sid)) is not None:
+                if increment == 0:
+                    self._reset(stream, f.PROTOCOL_ERROR)
+                else:
+                    self.sender.stream_window(stream, increment)
+        elif ftype == f.SETTINGS:
+            self._on_settings(flags, sid, payload)
+        elif ftype == f.PING:
+            if sid != 0 or len(payload) != 8:
+                raise f.H2Error(f.PROTOCOL_ERROR, "malformed PING")
+            if not flags & f.ACK:
+                self._write(f.frame(f.PING, f.ACK, 0, payload))
+        elif ftype == f.RST_STREAM:
+            if sid == 0 or len(payload) != 4:
+                raise f.H2Error(f.PROTOCOL_ERROR, "malformed RST_STREAM")
+            stream = self.streams.pop(sid, None)
+            if stream is not None:
+                self.sender.forget(stream)
+                stream.stop()
+                self._maybe_close()
+            elif sid > self.last_sid:
+                raise f.H2Error(f.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+        elif ftype == f.CONTINUATION:
+            self._on_continuation(sid, flags, payload)
+        elif ftype == f.GOAWAY:
+            self.going_away = True
+            self._maybe_close()
+        elif ftype == f.PUSH_PROMISE:
+            raise f.H2Error(f.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+        elif ftype == f.PRIORITY and len(payload) != 5:
+            raise f.H2Error(f.FRAME_SIZE_ERROR, "PRIORITY length")
+        # PRIORITY and unknown frame types are ignored.
+
+    def _on_settings(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid != 0:
+            raise f.H2Error(f.PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & f.ACK:
+            if payload:
+                raise f.H2Error(f.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            return
+        for key, value in f.parse_settings(payload):
+            if key == f.INITIAL_WINDOW_SIZE:
+                self.sender.set_initial_window(value, list(self.streams.values()))
+            elif key == f.MAX_FRAME_SIZE:
+                if not f.DEFAULT_MAX_FRAME <= value <= f.MAX_FRAME_LIMIT:
+                    raise f.H2Error(f.PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
+                self.sender.max_frame = value
+            elif key == f.ENABLE_PUSH and value > 1:
+                raise f.H2Error(f.PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH not 0 or 1")
+        self._write(_SETTINGS_ACK)
+
+    # -- writing and closing ---------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.out is not None:
+            self.out.append(data)
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _reset(self, stream: Stream, code: int) -> None:
+        self.streams.pop(stream.id, None)
+        self.sender.forget(stream)
+        stream.stop()
+        self._write(f.rst_stream(stream.id, code))
+        self._maybe_close()
+
+    def _finish(self, stream: Stream) -> None:
+        """The sender wrote the stream's last frame."""
+        if stream.timer is not None:
+            stream.timer.cancel()
+        if self.streams.pop(stream.id, None) is not None and not stream.received_all:
+            self._write(f.rst_stream(stream.id, f.NO_ERROR))  # answered before the upload ended
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.going_away and not self.streams and self.transport is not None:
+            self._flush_and_close()
+
+    def _flush_and_close(self) -> None:
+        if self.out:
+            assert self.transport is not None
+            self.transport.write(b"".join(self.out))
+            self.out.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, code: int, message: str) -> None:
+        log.debug("closing HTTP/2 connection from %s: %s", self.peer, message)
+        self._write(f.goaway(self.last_sid, code, message.encode()[:256]))
+        for stream in self.streams.values():
+            stream.stop()
+        self.streams.clear()
+        self.going_away = True
+        self._flush_and_close()
+
+    def shutdown(self) -> None:
+        """Graceful stop: GOAWAY, no new streams; close once the in-flight ones are answered."""
+        if not self.going_away:
+            self.going_away = True
+            self._write(f.goaway(self.last_sid, f.NO_ERROR))
+        self._maybe_close()
+
+    def abort(self) -> None:
+        """Stop now: cancel every handler and close."""
+        for stream in list(self.streams.values()):
+            self.sender.status(stream, UNAVAILABLE, "server stopped")
+            stream.stop()
+        self.streams.clear()
+        self.going_away = True
+        self._flush_and_close()
