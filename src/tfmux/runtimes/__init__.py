@@ -60,9 +60,11 @@ def load_model(path: Path, kind: str = "auto", **session_options: Any) -> Loaded
     runtime = TF1Runtime(**session_options)
     if kind == "tf1":
         return runtime.load(path)
-    from tfmux.runtimes.savedmodel import detect_kind
+    from tfmux.runtimes.savedmodel import meta_graph_kind, serve_meta_graph, signature_specs
 
-    if detect_kind(path) == "tf1":  # graph-only: the session runtime is the only one
+    meta_graph = serve_meta_graph(path)
+    signature_specs(meta_graph)  # what both runtimes would refuse (dtypes) fails here, once
+    if meta_graph_kind(meta_graph) == "tf1":  # graph-only: the session runtime is the only one
         return runtime.load(path)
     try:
         model = runtime.load(path)
