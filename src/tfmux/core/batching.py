@@ -175,13 +175,23 @@ class Batcher:
 
     def _key(self, inputs: Tensors) -> tuple[Any, int]:
         """(merge key, rows): requests merge only with equal keys; None never merges."""
-        arrays = list(inputs.values())
-        if not self._can_batch or not arrays or any(a.ndim == 0 for a in arrays):
+        if not self._can_batch:
             return None, 1
-        rows = arrays[0].shape[0]
-        if any(a.shape[0] != rows for a in arrays) or rows > self.options.max_batch_size:
+        key, rows = [], -1
+        for name, array in inputs.items():
+            shape = array.shape
+            if not shape:
+                return None, 1
+            if rows < 0:
+                rows = shape[0]
+            elif shape[0] != rows:
+                return None, max(rows, 1)
+            key.append((name, array.dtype, shape[1:]))
+        if rows < 0:
+            return None, 1
+        if rows > self.options.max_batch_size:
             return None, max(rows, 1)
-        return tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()), rows
+        return tuple(key), rows
 
     def _dispatch(self) -> None:
         """Start batches while there is queued work and room in flight."""
@@ -325,23 +335,21 @@ class Batcher:
         if len(batch) == 1 and batch[0].key is None:
             _settle(batch[0], result=outputs)
             return
-        offset = 0
         total = sum(item.rows for item in batch)
+        for name, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] < total:
+                message = (
+                    f"output '{name}' has shape {list(value.shape)}, which cannot be split "
+                    f"into the {total} rows of a batch"
+                )
+                for item in batch:  # each its own exception, so tracebacks do not pile up
+                    _settle(item, exception=ServingError(ErrorKind.INTERNAL, message))
+                return
+        offset = 0
         for item in batch:
-            part = {}
-            for name, value in outputs.items():
-                if value.ndim == 0 or value.shape[0] < total:
-                    error = ServingError(
-                        ErrorKind.INTERNAL,
-                        f"output '{name}' has shape {list(value.shape)}, which cannot be split "
-                        f"into the {total} rows of a batch",
-                    )
-                    _settle(item, exception=error)
-                    break
-                part[name] = value[offset : offset + item.rows]
-            else:
-                _settle(item, result=part)
-            offset += item.rows
+            end = offset + item.rows
+            _settle(item, result={name: value[offset:end] for name, value in outputs.items()})
+            offset = end
 
 
 def _settle(

@@ -301,6 +301,17 @@ class ModelManager:
             served.versions[mv.version] = fresh
             return fresh
 
+    def try_lease(self, ref: ModelRef) -> Lease | None:
+        """A lease on the version a request names when it is AVAILABLE now (the common case,
+        without a wait); None when ``lease`` has work to do first (a load, a revival)."""
+        mv = self.resolve(ref)
+        if mv.state is not State.AVAILABLE:
+            return None
+        try:
+            return mv.acquire()
+        except ServingError:  # it stopped being available since resolve: let lease() decide
+            return None
+
     async def lease(self, ref: ModelRef) -> Lease:
         """A lease on the version a request names, loading it first if it is lazy, evicted,
         or failed and past its backoff; loading it again if another load evicted it before

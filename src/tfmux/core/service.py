@@ -170,7 +170,8 @@ class ServingService:
         error: str | None = None
         route = self.manager.traffic.route(ref)
         try:
-            with await self._lease(route.ref, deadline) as lease:
+            lease = self.manager.try_lease(route.ref) or await self._lease(route.ref, deadline)
+            with lease:
                 version = str(lease.version)
                 result = await self._run(
                     lease, inputs, signature_name, output_names, method_name, deadline, gone

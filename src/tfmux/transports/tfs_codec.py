@@ -28,6 +28,8 @@ _NATIVE = frozenset(
 )
 # The numpy dtypes orjson writes itself (OPT_SERIALIZE_NUMPY), little- or native-endian.
 ORJSON_NATIVE = frozenset(np.dtype(name) for name in _NATIVE)
+# The largest finite value of each narrow float type (a cheap test before narrowing float64).
+_LARGEST = {"float32": float(np.finfo(np.float32).max), "float16": 65504.0}
 _JSON_TYPES: dict[type, str] = {dict: "Object", list: "Array", str: "String"}
 _NAN, _INF, _NEG_INF = (orjson.Fragment(t) for t in (b"NaN", b"Infinity", b"-Infinity"))
 
@@ -111,17 +113,16 @@ def to_array(name: str, value: Any, dtype: str) -> np.ndarray:
     if not _fits(inferred, dtype):
         return _checked_array(name, value, dtype)
     if inferred.dtype == target:
-        array = inferred
-    elif inferred.dtype.kind == "f" and inferred.itemsize > target.itemsize:  # may overflow
+        return inferred
+    if inferred.dtype.kind == "f" and inferred.itemsize > target.itemsize:  # may overflow
+        if float(np.maximum.reduce(np.abs(inferred), axis=None)) <= _LARGEST.get(dtype, 0.0):
+            return inferred.astype(target)  # every value finite and in range (NaN compares False)
         with np.errstate(over="ignore"):
             array = inferred.astype(target)
-    else:
-        array = inferred.astype(target)
-    # A finite sum means every value is finite; an overflowing sum only costs the exact check.
-    unfinite = dtype in _MANTISSA_BITS and not math.isfinite(np.add.reduce(array, axis=None))
-    if unfinite and (np.isfinite(inferred) & ~np.isfinite(array)).any():  # beyond the float range
-        return _checked_array(name, value, dtype)
-    return array
+        if (np.isfinite(inferred) & ~np.isfinite(array)).any():  # beyond the float range
+            return _checked_array(name, value, dtype)
+        return array
+    return inferred.astype(target)  # _fits said it is exact
 
 
 def _fits(inferred: np.ndarray, dtype: str) -> bool:
