@@ -370,3 +370,29 @@ def test_reset_stream_cancels_the_handler(served: Served) -> None:
     frames = client.frames(lambda t, fl, sid: t == f.HEADERS and fl & f.END_STREAM > 0)
     assert [sid for t, _, sid, _ in frames if t in (f.DATA, f.HEADERS)] == [3, 3, 3]
     client.sock.close()
+
+
+MALFORMED = {
+    "frame larger than allowed": (f.frame_header(2**24 - 1, f.DATA, 0, 1), f.FRAME_SIZE_ERROR),
+    "HEADERS on stream 0": (f.frame(f.HEADERS, f.END_HEADERS, 0, b"\x82"), f.PROTOCOL_ERROR),
+    "undecodable HPACK": (f.frame(f.HEADERS, f.END_HEADERS, 1, b"\xff\x50"), f.COMPRESSION_ERROR),
+    "DATA on an idle stream": (f.frame(f.DATA, 0, 5, b"abc"), f.PROTOCOL_ERROR),
+    "SETTINGS of 5 bytes": (f.frame(f.SETTINGS, 0, 0, b"\x00" * 5), f.FRAME_SIZE_ERROR),
+    "connection window overflow": (f.window_update(0, 2**31 - 1) * 2, f.FLOW_CONTROL_ERROR),
+    "CONTINUATION alone": (f.frame(f.CONTINUATION, f.END_HEADERS, 1, b"\x82"), f.PROTOCOL_ERROR),
+    "PUSH_PROMISE": (f.frame(f.PUSH_PROMISE, 0, 1, b"\x00" * 4), f.PROTOCOL_ERROR),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_protocol_errors_end_the_connection_with_goaway(
+    served: Served, channel: grpc.Channel, case: str
+) -> None:
+    data, code = MALFORMED[case]
+    client = RawClient(served.port)
+    client.send(data)
+    frames = client.frames(lambda t, fl, sid: t == f.GOAWAY)
+    assert int.from_bytes(frames[-1][3][4:8], "big") == code
+    assert client.sock.recv(65536) == b""  # then closed
+    client.sock.close()
+    assert rpc(channel, "echo")(b"alive", timeout=10) == b"alive"

@@ -113,7 +113,12 @@ class GrpcDispatcher:
         await self._idle.wait()
 
     def dispatch(self, connection: H2Connection, stream: Stream) -> None:
-        found, method = self.registry.lookup(stream.head.path, stream)
+        try:
+            found, method = self.registry.lookup(stream.head.path, stream)
+        except Exception as exc:  # a generic handler that raises costs this call only
+            log.exception("finding the handler of gRPC %s failed", stream.head.path)
+            connection.sender.status(stream, INTERNAL, f"cannot find the handler: {exc}")
+            return
         if method is None:
             message = (
                 f"tfmux does not implement streaming RPCs ({stream.head.path})"
