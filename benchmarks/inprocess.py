@@ -1,9 +1,10 @@
 """In-process baselines: the model's signature called directly, no server, one call at a time.
 
 For each model: the TF2 ``serving_default`` call with one row (numpy in, numpy out, as a server
-would do it), the same model loaded the TF1 way (graph + session ``make_callable``) for
-comparison, and the TF2 call with 32 rows (what batching can reach). Run it pinned to the
-server's core. Prints JSON.
+would do it), the same model loaded the TF1 way (graph + session ``make_callable``), tfmux's own
+runtime called directly (a graph + Session through TensorFlow's compiled callables: the fastest
+one-row call known here), and the TF2 call with 32 rows (what batching can reach). The targets
+compare against the fastest one-row call. Run it pinned to the server's core. Prints JSON.
 
     taskset -c 0 python -m benchmarks.inprocess --model-repository DIR --seconds 3
 """
@@ -80,6 +81,17 @@ def tf1_call(path: Path, batch: np.ndarray, output: str) -> Call:
     return call
 
 
+def runtime_call(path: Path, batch: np.ndarray, output: str) -> Call:
+    from tfmux.runtimes import load_model
+
+    model = load_model(path)
+
+    def call() -> Any:
+        return model.run("serving_default", {"x": batch}, (output,))[output]
+
+    return call
+
+
 def run(repository: Path, seconds: float) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for model in ("mlp", "tiny"):
@@ -90,6 +102,7 @@ def run(repository: Path, seconds: float) -> dict[str, dict[str, Any]]:
         results[model] = {
             "tf2_batch1": measure(tf2_call(path, row, output), seconds, 1),
             "tf1_batch1": measure(tf1_call(path, row, output), seconds, 1),
+            "runtime_batch1": measure(runtime_call(path, row, output), seconds, 1),
             "tf2_batch32": measure(tf2_call(path, batch32, output), seconds, 32),
             "output": tf2_call(path, row, output)().tolist(),
         }

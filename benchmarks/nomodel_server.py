@@ -1,11 +1,11 @@
 """tfmux's own front ends answering without a model: the ceiling of its HTTP and gRPC stacks.
 
-REST: tfmux's ``RestApp`` under the same uvicorn settings as ``TfmuxServer`` (httptools,
-uvloop, access log off, the same listening socket), with routes that read the body with
-tfmux's codecs (``tfs_json.parse_predict`` for /v1, ``v2_json.parse_infer`` for /v2) and answer
-a fixed body shaped like the model's real answer. gRPC: ``start_grpc_server`` (tfmux's options)
-with a ``Predict`` that decodes each input with ``tensor_proto.to_array`` and answers a fixed
-``PredictResponse``. Nothing calls a model.
+REST: tfmux's ``RestApp`` under the same uvicorn settings as ``TfmuxServer`` (httptools, uvloop,
+access log off, proxy headers off, the same listening socket), with routes that read the body
+with tfmux's codecs (``tfs_json.parse_predict`` for /v1, ``v2_json.parse_infer`` for /v2) and
+answer a fixed body shaped like the model's real answer. gRPC: ``start_grpc_server`` (tfmux's
+options) with a ``Predict`` that decodes each input with ``tensor_proto.to_array`` and answers a
+fixed ``PredictResponse``. Nothing calls a model.
 
     python -m benchmarks.nomodel_server --http-port P --grpc-port G
 """
@@ -127,6 +127,7 @@ async def serve(http_port: int, grpc_port: int) -> None:
             access_log=False,
             log_level="warning",
             http="httptools",
+            proxy_headers=False,  # as TfmuxServer runs uvicorn
             timeout_graceful_shutdown=30,
         )
     )

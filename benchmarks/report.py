@@ -68,6 +68,16 @@ def _disturbed(result: LoadResult | None) -> bool:
     return result is not None and result.disturbance(SERVER_CORE) > DISTURBED
 
 
+ONE_ROW_CALLS = ("tf2_batch1", "tf1_batch1", "runtime_batch1")
+
+
+def fastest_row_call(calls: dict[str, Any]) -> dict[str, Any]:
+    """The fastest in-process one-row call measured for a model: the baseline tfmux must beat
+    (the TF2 signature, a TF1 session, or tfmux's own runtime called directly)."""
+    measured = [calls[name] for name in ONE_ROW_CALLS if name in calls]
+    return max(measured, key=lambda call: call["rows_per_s"])
+
+
 def evaluate(inprocess: dict[str, Any], results: dict[str, LoadResult]) -> list[Target]:
     """Every target, from the error-free measurements by key (``server/protocol/model/cN``)."""
 
@@ -87,7 +97,7 @@ def evaluate(inprocess: dict[str, Any], results: dict[str, LoadResult]) -> list[
             Target(name, protocol, measured, value, f"≥ {goal:g}x", passed, normal, shaken)
         )
 
-    mlp_inproc = inprocess["mlp"]["tf2_batch1"]
+    mlp_inproc = fastest_row_call(inprocess["mlp"])
     for p in PROTOCOLS:
         on, off = f"tfmux/{p}/mlp/c32", f"tfmux-nobatch/{p}/mlp/c32"
         ratio("MLP, 32 conns: tfmux vs naive server", p, on, f"naive/{p}/mlp/c32", 5, "req/s")
@@ -126,7 +136,7 @@ def evaluate(inprocess: dict[str, Any], results: dict[str, LoadResult]) -> list[
         )
         for model in MODELS:
             r = result(f"tfmux/{p}/{model}/c1")
-            base = inprocess[model]["tf2_batch1"]["median_ms"]
+            base = fastest_row_call(inprocess[model])["median_ms"]
             targets.append(
                 Target(
                     f"{model}, 1 sequential client: tfmux median vs in-process call + 1 ms",
@@ -289,10 +299,13 @@ def render(report: dict[str, Any]) -> str:
     names = {
         "tf2_batch1": "TF2 signature, 1 row",
         "tf1_batch1": "TF1 session (make_callable), 1 row",
+        "runtime_batch1": "tfmux runtime (Session callable), 1 row",
         "tf2_batch32": "TF2 signature, 32 rows",
     }
     for model, calls in report["inprocess"].items():
         for call, label in names.items():
+            if call not in calls:
+                continue
             f = calls[call]
             lines.append(
                 f"| {model} | {label} | {f['rows_per_s']:,.0f} | {f['median_ms']:.3f} "
