@@ -17,11 +17,15 @@ from typing import Any, TypeVar
 import grpc
 import hpack
 import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from tfmux.config import ServerConfig
 from tfmux.transports.grpc_server import start_grpc_server
+from tfmux.transports.h2 import H2GrpcServer
 from tfmux.transports.h2 import frames as f
 
 from .fakes import wait_until
+from .harness import BackgroundServer
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -133,7 +137,7 @@ def channel(served: Served) -> Iterator[grpc.Channel]:
         yield channel
 
 
-def rpc(channel: grpc.Channel, name: str) -> Callable[..., Any]:
+def rpc(channel: grpc.Channel, name: str) -> Any:
     return channel.unary_unary(f"/t.Test/{name}")
 
 
@@ -325,7 +329,7 @@ def test_padding_priority_continuation_and_ping(served: Served) -> None:
     assert (f.PING, f.ACK, 0, b"12345678") in frames
     assert [p for t, _, sid, p in frames if t == f.DATA and sid == 1] == [grpc_message(b"raw call")]
     trailers = client.decoder.decode([p for t, _, _, p in frames if t == f.HEADERS][-1])
-    assert ("grpc-status", "0") in trailers
+    assert ("grpc-status", "0") in [tuple(header) for header in trailers]
     client.sock.close()
 
 
@@ -396,3 +400,14 @@ def test_protocol_errors_end_the_connection_with_goaway(
     assert client.sock.recv(65536) == b""  # then closed
     client.sock.close()
     assert rpc(channel, "echo")(b"alive", timeout=10) == b"alive"
+
+
+@pytest.mark.parametrize("implementation", ["tfmux", "grpcio"])
+def test_the_server_setting_chooses_the_implementation(implementation: str) -> None:
+    config = ServerConfig(grpc_implementation=implementation)  # type: ignore[arg-type]
+    with BackgroundServer(config) as background:
+        server = background.server
+        assert isinstance(server._grpc, H2GrpcServer) == (implementation == "tfmux")
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
