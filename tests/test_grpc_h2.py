@@ -237,9 +237,19 @@ def test_garbage_closes_that_connection_and_the_server_keeps_serving(
     assert rpc(channel, "echo")(b"alive", timeout=10) == b"alive"
 
 
+def _ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::", 0))
+    except OSError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("implementation", ["tfmux", "grpcio"])
 def test_both_implementations_serve_and_stop_gracefully(implementation: str) -> None:
-    served = Served(implementation, host="::")  # the IPv6 wildcard also takes IPv4
+    # The IPv6 wildcard also takes IPv4 (dual stack), as a tfmux server on "::" must.
+    served = Served(implementation, host="::" if _ipv6() else "0.0.0.0")
     try:
         with served.channel() as channel:
             assert rpc(channel, "echo")(b"hello", timeout=10) == b"hello"
