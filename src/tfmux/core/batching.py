@@ -122,6 +122,8 @@ class Batcher:
         self._queue: deque[_Item] = deque()
         self._inflight: set[asyncio.Future[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        # The loop, once known: asyncio.get_running_loop() costs a getpid() system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stats = BatcherStatistics()
 
     def statistics(self) -> BatcherStatistics:
@@ -147,7 +149,7 @@ class Batcher:
             self._queue = deque(item for item in self._queue if item.state == _QUEUED)
             if len(self._queue) >= self.options.max_queue_size:
                 raise self._dropped("queue_full", _queue_full(self.options.max_queue_size))
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind_loop()
         key, rows = self._key(inputs)
         item = _Item(inputs, key, rows, deadline, now, gone, loop.create_future())
         self._stats.requests += 1
@@ -167,6 +169,10 @@ class Batcher:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     async def drain(self) -> None:
         """Wait until every batch already running has finished."""
@@ -243,8 +249,7 @@ class Batcher:
         if remaining <= 0:
             return False
         if self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(remaining, self._on_timer)
+            self._timer = (self._loop or self._bind_loop()).call_later(remaining, self._on_timer)
         return True
 
     def _on_timer(self) -> None:
@@ -296,7 +301,8 @@ class Batcher:
         self._stats.rows += rows
         self._stats.padded_rows += padded - rows
         self._observer.batch_ran(rows, len(batch), [now - item.enqueued for item in batch])
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, merged)
+        loop = self._loop or self._bind_loop()
+        future = loop.run_in_executor(self._executor, self._run, merged)
         self._inflight.add(future)
         future.add_done_callback(lambda done: self._finish(done, batch))
 
