@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -205,7 +204,8 @@ def _model_ref(request: Any) -> ModelRef:
 
 def _routed_ref(request: Any, context: grpc.aio.ServicerContext) -> ModelRef:
     """What the request's ModelSpec names, with the call's ``x-routing-key`` metadata."""
-    return replace(_model_ref(request), routing_key=routing_key(context))
+    ref = _model_ref(request)
+    return ModelRef(ref.name, ref.version, ref.label, routing_key(context))
 
 
 def _served_spec(result: InferenceResult) -> Any:
