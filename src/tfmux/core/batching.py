@@ -149,7 +149,7 @@ class Batcher:
             self._queue = deque(item for item in self._queue if item.state == _QUEUED)
             if len(self._queue) >= self.options.max_queue_size:
                 raise self._dropped("queue_full", _queue_full(self.options.max_queue_size))
-        loop = self._loop or self._bind_loop()
+        loop = self._event_loop()
         key, rows = self._key(inputs)
         item = _Item(inputs, key, rows, deadline, now, gone, loop.create_future())
         self._stats.requests += 1
@@ -170,9 +170,13 @@ class Batcher:
             if timer is not None:
                 timer.cancel()
 
-    def _bind_loop(self) -> asyncio.AbstractEventLoop:
-        self._loop = asyncio.get_running_loop()
-        return self._loop
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this batcher runs on; found again if that loop was closed (a test's
+        earlier ``asyncio.run``)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     async def drain(self) -> None:
         """Wait until every batch already running has finished."""
@@ -249,7 +253,7 @@ class Batcher:
         if remaining <= 0:
             return False
         if self._timer is None:
-            self._timer = (self._loop or self._bind_loop()).call_later(remaining, self._on_timer)
+            self._timer = self._event_loop().call_later(remaining, self._on_timer)
         return True
 
     def _on_timer(self) -> None:
@@ -301,7 +305,7 @@ class Batcher:
         self._stats.rows += rows
         self._stats.padded_rows += padded - rows
         self._observer.batch_ran(rows, len(batch), [now - item.enqueued for item in batch])
-        loop = self._loop or self._bind_loop()
+        loop = self._event_loop()
         future = loop.run_in_executor(self._executor, self._run, merged)
         self._inflight.add(future)
         future.add_done_callback(lambda done: self._finish(done, batch))
