@@ -1140,6 +1140,27 @@ def test_batching_disabled_for_a_model_goes_straight_to_the_pool(
     assert stack.observer.batches == []
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_request_whose_deadline_already_passed_never_runs(
+    make_stack: Callable[..., Stack], enabled: bool
+) -> None:
+    stack = make_stack(BatchingConfig(enabled=enabled))
+    model = stack.add("m")
+    stack.gate.set()
+
+    async def main() -> None:
+        await stack.infer("m", rows_of(1))  # loaded and available: the fast lease path
+        with pytest.raises(ServingError) as info:
+            await stack.service.infer(
+                ModelRef("m"), {"x": rows_of(1, start=500.0)}, deadline=time.monotonic() - 1
+            )
+        assert info.value.kind is ErrorKind.DEADLINE_EXCEEDED
+
+    drive(main())
+    assert call_rows(model) == [1]
+    assert [r.error for r in stack.observer.requests] == [None, "DEADLINE_EXCEEDED"]
+
+
 def test_a_service_deadline_expires_a_queued_request(make_stack: Callable[..., Stack]) -> None:
     # The service's deadlines are on time.monotonic(), so this test needs a real (short) one.
     stack = make_stack(BatchingConfig(max_inflight_batches=1))

@@ -170,8 +170,10 @@ class ServingService:
         error: str | None = None
         route = self.manager.traffic.route(ref)
         try:
-            lease = self.manager.try_lease(route.ref) or await self._lease(route.ref, deadline)
-            with lease:
+            lease = None
+            if deadline is None or deadline > time.monotonic():  # a past one fails in _lease
+                lease = self.manager.try_lease(route.ref)
+            with lease or await self._lease(route.ref, deadline) as lease:
                 version = str(lease.version)
                 result = await self._run(
                     lease, inputs, signature_name, output_names, method_name, deadline, gone
