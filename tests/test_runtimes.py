@@ -96,10 +96,10 @@ KINDS |= {"lookup": "tf2", "keras_lookup": "tf2", "keras_tf_saved": "tf2"}
 
 
 @pytest.mark.parametrize(("name", "kind"), KINDS.items())
-def test_detect_kind(runtime_models: dict[str, Path], name: str, kind: str) -> None:
-    from tfmux.runtimes.savedmodel import detect_kind
+def test_meta_graph_kind(runtime_models: dict[str, Path], name: str, kind: str) -> None:
+    from tfmux.runtimes.savedmodel import meta_graph_kind, serve_meta_graph
 
-    assert detect_kind(runtime_models[name]) == kind
+    assert meta_graph_kind(serve_meta_graph(runtime_models[name])) == kind
 
 
 EXPECTED_SIGNATURES = {

@@ -81,14 +81,9 @@ def serve_meta_graph(path: Path) -> meta_graph_pb2.MetaGraphDef:
     )
 
 
-def detect_kind(path: Path) -> ModelKind:
-    """``tf2`` for object-based SavedModels (``tf.saved_model.save``, Keras ``export``),
-    ``tf1`` for graph-only ones (``tf.compat.v1.saved_model.Builder``)."""
-    return meta_graph_kind(serve_meta_graph(path))
-
-
 def meta_graph_kind(meta_graph: meta_graph_pb2.MetaGraphDef) -> ModelKind:
-    """``detect_kind`` for a meta graph already read: TF2 SavedModels carry an object graph."""
+    """``tf2`` for object-based SavedModels (``tf.saved_model.save``, Keras ``export``), which
+    carry an object graph; ``tf1`` for graph-only ones (``tf.compat.v1.saved_model.Builder``)."""
     return "tf2" if meta_graph.object_graph_def.nodes else "tf1"
 
 
