@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tfmux.core.batching import Gone
 from tfmux.errors import ErrorKind, ServingError
 from tfmux.transports.tfs_json import encode_error
 from tfmux.types import InferenceResult
@@ -38,10 +39,6 @@ HTTP_STATUS: dict[ErrorKind, int] = {
 }
 JSON = b"application/json"
 ROUTING_KEY = b"x-routing-key"
-
-
-# Whether the client has gone away (disconnected); checked before queued work runs.
-Gone = Callable[[], bool]
 
 
 @dataclass
