@@ -1,0 +1,84 @@
+"""A real local Ray cluster (several raylets on this machine, loopback only) and a tfmux
+gateway on 127.0.0.1:0 in a background thread, for the cluster tests and benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from tfmux.cluster.run import deploy, gateway_for
+from tfmux.cluster.settings import ClusterConfig
+from tfmux.config import ServerConfig
+
+T = TypeVar("T")
+MiB = 1024 * 1024
+# Every raylet on 127.0.0.1 (Ray otherwise binds the machine's address).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def start_cluster(nodes: int, cpus: float = 1, object_store: int = 80 * MiB) -> Any:
+    """A head and ``nodes - 1`` workers, each with ``cpus`` CPUs; this process connects."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    args = {"num_cpus": cpus, "object_store_memory": object_store}
+    cluster = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
+    for _ in range(nodes - 1):
+        cluster.add_node(**args)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    return cluster
+
+
+def stop_cluster(cluster: Any) -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+class BackgroundGateway:
+    """Replicas deployed as a Serve app, the gateway on its own event loop thread."""
+
+    def __init__(self, config: ServerConfig, cluster: ClusterConfig) -> None:
+        self.config = config.model_copy(update={"http_port": 0, "grpc_port": 0})
+        self.cluster = cluster
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 180) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.server.grpc_port}"
+
+    def __enter__(self) -> BackgroundGateway:
+        handle = deploy(self.config, self.cluster)
+        self.server = gateway_for(self.config, self.cluster, handle)
+        self._thread.start()
+        self.call(self.server.start())
+        self.call(self.server.wait_for_loads())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from ray import serve
+
+        try:
+            self.call(self.server.stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+            serve.delete(self.cluster.app_name)
