@@ -168,6 +168,21 @@ def main() -> None:
     help="Where the demo models are generated when no model is named.  "
     "[default: $TFMUX_CACHE_DIR or ~/.cache/tfmux]",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    metavar="local|ADDRESS",
+    help="Serve from tfmux replicas on Ray Serve: 'local' starts a Ray cluster in this "
+    "process, an address ('auto', host:port, ray://host:10001) joins one. Needs the 'ray' "
+    "extra. Other options apply to every replica (--memory-budget is per replica).",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=None,
+    help="tfmux replicas on Ray (with --ray).  [default: 2]",
+)
 def serve(
     repositories: tuple[Path, ...],
     models: tuple[str, ...],
@@ -182,6 +197,8 @@ def serve(
     batch_timeout_micros: int | None,
     max_queue_size: int | None,
     memory_budget: str | None,
+    ray_address: str | None,
+    replicas: int | None,
     **overrides: Any,
 ) -> None:
     """Serve models over TF Serving and KServe V2 APIs (REST and gRPC), with health and metrics.
@@ -220,6 +237,9 @@ def serve(
     )
     # oneDNN is chosen when TensorFlow is first imported, which importing the server does.
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if config.onednn else "0"
+    if ray_address is not None or replicas is not None:
+        _serve_on_ray(config, ray_address or "local", replicas)
+        return
     from tfmux.server import TfmuxServer
 
     server = TfmuxServer(config)
@@ -228,6 +248,35 @@ def serve(
     except OSError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+
+
+def _serve_on_ray(config: Any, address: str, replicas: int | None) -> None:
+    try:
+        from tfmux.cluster.run import serve_on_ray
+        from tfmux.cluster.settings import ClusterConfig
+    except ImportError as exc:
+        raise click.UsageError(
+            f"--ray needs Ray Serve ({exc.name} is missing): pip install 'tfmux[ray]'"
+        ) from None
+    cluster = ClusterConfig(address=address, **({} if replicas is None else {"replicas": replicas}))
+    try:
+        serve_on_ray(config, cluster, _announce_cluster, _run)
+    except OSError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def _announce_cluster(server: Any) -> None:
+    config = server.config
+    snaps = server.service.snapshots()
+    lines = [
+        f"tfmux listening on http://{config.host}:{server.http_port} (REST)",
+        f"tfmux listening on {config.host}:{server.grpc_port} (gRPC)",
+        f"  {len(snaps)} replicas on Ray Serve: {', '.join(s.replica for s in snaps)}",
+    ]
+    lines += [f"  {m.config.name:<20} {m.config.base_path}" for m in server.manager.models()]
+    click.echo("\n".join(lines), err=False)
+    sys.stdout.flush()
 
 
 def _run(coro: Any) -> None:

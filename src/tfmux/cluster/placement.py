@@ -47,6 +47,10 @@ class ReplicaSnapshot:
             for s in self.models.get(model, ())
         )
 
+    def held(self) -> int:
+        """How many models are AVAILABLE or LOADING here."""
+        return sum(1 for name in self.models if self.holds(name))
+
     def model_bytes(self, model: str) -> int:
         return sum(
             s.memory_bytes or 0 for s in self.models.get(model, ()) if s.state == "AVAILABLE"
@@ -108,12 +112,13 @@ def choose_replica(
     """Where a request for ``model`` (``version``, or the latest) goes; None if no replica.
 
     1. Replicas where the model is AVAILABLE, then LOADING, then being placed (a placement
-       this router made that the replica has not reported yet) hold it: the least busy of
-       them serves, so a burst of first requests waits for one load instead of starting many.
+       this router made that the replica has not reported yet) hold it: among holders with
+       fewer than ``hot_inflight`` requests in flight, the first kind wins, then the least
+       busy. A burst of first requests thus waits for one load instead of starting many.
     2. A hot model (every holder has ``hot_inflight`` requests or more in flight) spreads: the
-       idlest replica that does not hold it and has room for it gets a copy.
+       idlest replica that does not hold it, has room for it and is less busy gets a copy.
     3. A model held nowhere is placed on the replica with the most free budget (then the
-       least busy; ties by name, so concurrent choices agree).
+       least busy, the fewest models held, the name: concurrent choices agree).
     """
     if not replicas:
         return None
@@ -149,7 +154,9 @@ def choose_replica(
         if spare:
             return Decision(min(spare, key=busy).replica, "spread")
         return Decision(best.replica, action)
-    target = min(replicas, key=lambda r: (-r.free_bytes, *busy(r)))
+    target = min(
+        replicas, key=lambda r: (-r.free_bytes, inflight.get(r.replica, 0), r.held(), r.replica)
+    )
     return Decision(target.replica, "place")
 
 
