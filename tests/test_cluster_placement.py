@@ -36,7 +36,8 @@ def choose(model: str, replicas: list[ReplicaSnapshot], **kw: object) -> tuple[s
     inflight = kw.pop("inflight", {})
     placing = kw.pop("placing", {})
     hot = kw.pop("hot", 8)
-    decision = choose_replica(model, None, replicas, inflight, placing, hot)  # type: ignore[arg-type]
+    spread = kw.pop("may_spread", True)
+    decision = choose_replica(model, None, replicas, inflight, placing, hot, spread)  # type: ignore[arg-type]
     assert decision is not None
     return decision.replica, decision.action
 
@@ -91,8 +92,19 @@ def test_a_hot_model_gets_one_more_replica_with_room() -> None:
     assert choose("m", replicas, inflight={"a": 8}) == ("c", "spread")
     # Not hot: stays resident.
     assert choose("m", replicas, inflight={"a": 7}) == ("a", "resident")
+    # Hot, but not for long enough yet (the router's call): stays.
+    assert choose("m", replicas, inflight={"a": 8}, may_spread=False) == ("a", "resident")
     # Hot but nowhere with room and less busy: stays.
     assert choose("m", replicas, inflight={"a": 8, "c": 9}) == ("a", "resident")
+
+
+def test_a_model_still_loading_does_not_spread() -> None:
+    replicas = [snap("a", {"m": "LOADING"}), snap("c")]
+    assert choose("m", replicas, inflight={"a": 20}) == ("a", "loading")
+    assert choose("m", [snap("a"), snap("c")], inflight={"a": 20}, placing={"m": ["a"]}) == (
+        "a",
+        "placing",
+    )
 
 
 def test_a_spread_copy_being_placed_takes_traffic_while_the_first_is_hot() -> None:

@@ -3,6 +3,7 @@ residency routing, one view of the cluster, management, faults and autoscaling."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterator
@@ -20,10 +21,12 @@ pytest.importorskip("ray", reason="the cluster tests need Ray: pip install -e '.
 import tensorflow as tf
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from click.testing import CliRunner
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from tfmux.cli import main
 from tfmux.cluster.settings import ClusterConfig
-from tfmux.config import ModelConfig, ServerConfig
+from tfmux.config import ModelConfig, ServerConfig, VersionPolicy
 
 from . import savedmodels as sm
 from .cluster_harness import BackgroundGateway, start_cluster, stop_cluster
@@ -31,6 +34,7 @@ from .cluster_harness import BackgroundGateway, start_cluster, stop_cluster
 pytestmark = pytest.mark.tf
 X = np.array([[1.0, 2.0, 3.0]], np.float32)
 TWINS = 6  # twin_0 .. twin_5, y = (i + 1) * sum(x)
+BUDGET = 256 * 1024 * 1024  # per replica
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +61,21 @@ def gateway(ray_cluster: object, twin_root: Path) -> Iterator[BackgroundGateway]
         ModelConfig(name=f"twin_{i}", base_path=twin_root / f"twin_{i}", load="lazy")
         for i in range(TWINS)
     ]
-    config = ServerConfig(models=models, model_repositories=[twin_root], inference_threads=2)
-    cluster = ClusterConfig(replicas=2, replica_cpus=1, app_name="tfmux-test")
+    models.append(
+        ModelConfig(
+            name="versioned",
+            base_path=twin_root / "versioned",
+            version_policy=VersionPolicy(kind="all"),
+            labels={"stable": 1, "canary": 2},
+        )
+    )
+    config = ServerConfig(
+        models=models,
+        model_repositories=[twin_root],
+        inference_threads=2,
+        memory_budget_bytes=BUDGET,
+    )
+    cluster = ClusterConfig(replicas=2, replica_cpus=0.5, app_name="tfmux-test")
     with BackgroundGateway(config, cluster) as gw:
         yield gw
 
@@ -102,3 +119,149 @@ def test_kserve_v2_rest_and_grpc_with_tritonclient(gateway: BackgroundGateway) -
         result = client.infer("twin_3", [tensor])
         assert result.as_numpy("y").tolist() == [[expected(3)]]
         assert client.is_model_ready("twin_3")
+
+
+def predict(gateway: BackgroundGateway, model: str, client: httpx.Client | None = None) -> str:
+    """One TF Serving REST predict; returns the replica that served it."""
+    post = (client or httpx).post
+    r = post(
+        f"{gateway.url}/v1/models/{model}:predict",
+        content=json.dumps({"instances": X.tolist()}),
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    i = int(model.rsplit("_", 1)[1])
+    assert r.json()["predictions"] == [[expected(i)]]
+    return r.headers["x-tfmux-replica"]
+
+
+def holders(gateway: BackgroundGateway, model: str) -> list[str]:
+    return [s.replica for s in gateway.server.service.snapshots() if s.holds(model)]
+
+
+def index(gateway: BackgroundGateway) -> dict[str, dict[str, object]]:
+    r = httpx.post(f"{gateway.url}/v2/repository/index", timeout=30)
+    assert r.status_code == 200, r.text
+    return {f"{e['name']}/{e.get('version')}": e for e in r.json()}
+
+
+def test_a_burst_of_first_requests_loads_the_model_once(gateway: BackgroundGateway) -> None:
+    async def burst() -> list[str]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            body = json.dumps({"instances": X.tolist()})
+            url = f"{gateway.url}/v1/models/twin_5:predict"
+            answers = await asyncio.gather(*(client.post(url, content=body) for _ in range(24)))
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        return [a.headers["x-tfmux-replica"] for a in answers]
+
+    served = asyncio.run(burst())
+    assert len(set(served)) == 1
+    assert holders(gateway, "twin_5") == served[:1]
+    entry = index(gateway)["twin_5/1"]
+    assert entry["state"] == "READY"
+    assert entry["reason"] == f"replicas: {served[0]} AVAILABLE"
+
+
+def test_zipf_traffic_goes_where_models_live(gateway: BackgroundGateway) -> None:
+    rng = np.random.default_rng(3)
+    names = [f"twin_{i}" for i in range(TWINS)]
+    weights = np.array([1 / (i + 1) ** 1.1 for i in range(TWINS)])
+    with httpx.Client() as client:
+        for name in names:  # warmup: every model placed somewhere
+            predict(gateway, name, client)
+        before = dict(gateway.server.service.served)
+        for name in rng.choice(names, size=120, p=weights / weights.sum()):
+            replica = predict(gateway, str(name), client)
+            assert replica in holders(gateway, str(name)) or not holders(gateway, str(name))
+    after = gateway.server.service.served
+    hits = sum(n - before.get(k, 0) for k, n in after.items() if k[1])
+    misses = sum(n - before.get(k, 0) for k, n in after.items() if not k[1])
+    assert hits + misses == 120
+    assert hits / 120 >= 0.9
+    # Placement used both replicas' budgets.
+    used = {s.replica for s in gateway.server.service.snapshots() if s.held()}
+    assert len(used) == 2
+
+
+def test_one_view_of_the_cluster(gateway: BackgroundGateway) -> None:
+    predict(gateway, "twin_0")
+    entries = index(gateway)
+    replicas = set(gateway.server.service.router.replica_ids())
+    entry = entries["twin_0/1"]
+    assert entry["state"] == "READY" and entry["memory_bytes"]
+    where = str(entry["reason"]).removeprefix("replicas: ").split(", ")
+    assert {w.split()[0] for w in where} <= replicas
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=30).text
+    assert "tfmux_cluster_replicas 2.0" in metrics
+    assert 'tfmux_cluster_model_version_state{model="twin_0"' in metrics
+    assert 'tfmux_cluster_requests_total{replica="' in metrics
+    status = httpx.get(f"{gateway.url}/v1/models/twin_0", timeout=30).json()
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    # tfmux models, the command people use, against the gateway.
+    runner = CliRunner()
+    result = runner.invoke(main, ["models", "--url", gateway.url])
+    assert result.exit_code == 0, result.output
+    assert "twin_0" in result.output and "replicas:" in result.output
+
+
+def test_unload_and_load_apply_cluster_wide(gateway: BackgroundGateway) -> None:
+    predict(gateway, "twin_1")
+    r = httpx.post(f"{gateway.url}/v2/repository/models/twin_1/unload", timeout=60)
+    assert r.status_code == 200, r.text
+    assert holders(gateway, "twin_1") == []
+    assert index(gateway)["twin_1/1"]["state"] != "READY"
+    r = httpx.post(f"{gateway.url}/v2/repository/models/twin_1/load", timeout=120)
+    assert r.status_code == 200, r.text
+    held = holders(gateway, "twin_1")
+    assert len(held) == 1
+    assert predict(gateway, "twin_1") == held[0]
+    # Unknown model: a clear error, and the cluster keeps serving.
+    r = httpx.post(f"{gateway.url}/v2/repository/models/nope/load", timeout=60)
+    assert r.status_code == 404, r.text
+    predict(gateway, "twin_1")
+
+
+def test_labels_move_cluster_wide(gateway: BackgroundGateway) -> None:
+    def by_label(label: str) -> float:
+        r = httpx.post(
+            f"{gateway.url}/v1/models/versioned/labels/{label}:predict",
+            content=json.dumps({"instances": [1.0]}),
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        return float(r.json()["predictions"][0])
+
+    assert by_label("stable") == 1.0
+    assert by_label("canary") == 2.0
+    r = httpx.post(
+        f"{gateway.url}/v2/repository/models/versioned/traffic",
+        json={"labels": {"stable": 2}},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert by_label("stable") == 2.0
+    bad = httpx.post(
+        f"{gateway.url}/v2/repository/models/versioned/traffic",
+        json={"labels": {"stable": 9}},
+        timeout=30,
+    )
+    assert bad.status_code in (400, 404), bad.text
+    assert by_label("stable") == 2.0
+
+
+def test_bad_requests_get_clear_errors_and_the_cluster_keeps_serving(
+    gateway: BackgroundGateway,
+) -> None:
+    r = httpx.post(f"{gateway.url}/v1/models/twin_0:predict", content=b"{not json", timeout=30)
+    assert r.status_code == 400
+    r = httpx.post(
+        f"{gateway.url}/v1/models/twin_0:predict",
+        content=json.dumps({"instances": [[1.0, 2.0]]}),
+        timeout=30,
+    )
+    assert r.status_code == 400 and "x" in r.text
+    r = httpx.post(
+        f"{gateway.url}/v1/models/absent:predict", content=json.dumps({"instances": [1]})
+    )
+    assert r.status_code == 404
+    predict(gateway, "twin_0")

@@ -108,6 +108,7 @@ def choose_replica(
     inflight: Mapping[str, int],
     placing: Mapping[str, Iterable[str]],
     hot_inflight: int,
+    may_spread: bool = True,
 ) -> Decision | None:
     """Where a request for ``model`` (``version``, or the latest) goes; None if no replica.
 
@@ -115,8 +116,10 @@ def choose_replica(
        this router made that the replica has not reported yet) hold it: among holders with
        fewer than ``hot_inflight`` requests in flight, the first kind wins, then the least
        busy. A burst of first requests thus waits for one load instead of starting many.
-    2. A hot model (every holder has ``hot_inflight`` requests or more in flight) spreads: the
-       idlest replica that does not hold it, has room for it and is less busy gets a copy.
+    2. A hot model (every holder has ``hot_inflight`` requests or more in flight, and one of
+       them serves it already) spreads: the idlest replica that does not hold it, has room
+       for it and is less busy gets a copy. A model still loading does not spread, nor one
+       whose router says it has not been hot long enough (``may_spread``).
     3. A model held nowhere is placed on the replica with the most free budget (then the
        least busy, the fewest models held, the name: concurrent choices agree).
     """
@@ -142,6 +145,8 @@ def choose_replica(
             best, action = min(cool, key=lambda item: (rank[item[1]], *busy(item[0])))
             return Decision(best.replica, action)
         best, action = min(holders, key=lambda item: busy(item[0]))
+        if not may_spread or all(a != "resident" for _, a in holders):
+            return Decision(best.replica, action)  # a burst waits for its one load
         size = max((r.model_bytes(model) for r, _ in holders), default=0)
         names = {r.replica for r, _ in holders}
         spare = [
@@ -158,6 +163,11 @@ def choose_replica(
         replicas, key=lambda r: (-r.free_bytes, inflight.get(r.replica, 0), r.held(), r.replica)
     )
     return Decision(target.replica, "place")
+
+
+def hot(decision: Decision, inflight: Mapping[str, int], hot_inflight: int) -> bool:
+    """The replica chosen to hold a model is at the hot mark: the model wants another."""
+    return decision.action != "spread" and inflight.get(decision.replica, 0) >= hot_inflight
 
 
 def merge_statuses(

@@ -16,7 +16,7 @@ from typing import Any
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from tfmux.cluster import registry
-from tfmux.cluster.placement import Decision, ReplicaSnapshot, choose_replica
+from tfmux.cluster.placement import Decision, ReplicaSnapshot, choose_replica, hot
 
 PLACING_SECONDS = 10.0  # a placement counts as held until the replica reports the model
 
@@ -25,9 +25,13 @@ class ResidencyRouter(RequestRouter):  # type: ignore[misc]
     """Sends each request where ``choose_replica`` says. Thread-safe: Serve runs it on its
     router loop, the gateway reads its views from another thread."""
 
-    def initialize_state(self, hot_inflight: int = 8, **_: Any) -> None:
+    def initialize_state(
+        self, hot_inflight: int = 8, spread_after_s: float = 2.0, **_: Any
+    ) -> None:
         self._lock = threading.Lock()
         self.hot_inflight = hot_inflight
+        self.spread_after_s = spread_after_s
+        self._hot_since: dict[str, float] = {}  # model -> since when its holders are hot
         self._observed: dict[str, ReplicaSnapshot] = {}
         self._placing: dict[str, dict[str, float]] = {}  # model -> replica -> until
         self._inflight: dict[str, int] = {}
@@ -106,11 +110,17 @@ class ResidencyRouter(RequestRouter):  # type: ignore[misc]
                 m: [r for r, until in where.items() if until > now]
                 for m, where in self._placing.items()
             }
+            since = self._hot_since.get(model)
+            may_spread = since is not None and now - since >= self.spread_after_s
             decision = choose_replica(
-                model, version, snaps, self._inflight, placing, self.hot_inflight
+                model, version, snaps, self._inflight, placing, self.hot_inflight, may_spread
             )
             if decision is None:
                 return None
+            if hot(decision, self._inflight, self.hot_inflight):
+                self._hot_since.setdefault(model, now)
+            else:  # cooled down, or just spread: the clock starts again
+                self._hot_since.pop(model, None)
             if decision.action in ("place", "spread"):
                 self._placing.setdefault(model, {})[decision.replica] = now + PLACING_SECONDS
             self.decisions[decision.action] = self.decisions.get(decision.action, 0) + 1

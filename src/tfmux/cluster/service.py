@@ -49,6 +49,7 @@ class ClusterService:
         self._request_timeout = request_timeout
         self.manager = ClusterModels(router.snapshots)
         self._signatures: dict[tuple[str, int | None], tuple[float, ModelMetadata]] = {}
+        self._fetching: dict[tuple[str, int | None], asyncio.Future[ModelMetadata]] = {}
         self.served: dict[tuple[str, bool], int] = {}  # (replica, hit) -> requests
 
     # -- traffic -----------------------------------------------------------------------------
@@ -134,11 +135,22 @@ class ClusterService:
         cached = self._signatures.get(key)
         if cached is not None and (target.version is not None or cached[0] > time.monotonic()):
             return cached[1]
+        pending = self._fetching.get(key)
+        if pending is None:  # one fetch per model version however many requests wait
+            pending = asyncio.ensure_future(self._fetch_metadata(target))
+            self._fetching[key] = pending
+            pending.add_done_callback(lambda _: self._fetching.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _fetch_metadata(self, target: ModelRef) -> ModelMetadata:
         done = await self._call("metadata", target.name, target.version, model=target)
         meta = done.extra
         assert isinstance(meta, ModelMetadata)
-        self._signatures[key] = (time.monotonic() + LATEST_SIGNATURES_SECONDS, meta)
-        self._signatures[(meta.name, meta.version)] = (0.0, meta)
+        self._signatures[target.name, target.version] = (
+            time.monotonic() + LATEST_SIGNATURES_SECONDS,
+            meta,
+        )
+        self._signatures[meta.name, meta.version] = (0.0, meta)
         return meta
 
     async def _call(

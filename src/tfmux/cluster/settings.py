@@ -37,6 +37,11 @@ class ClusterConfig(BaseModel):
         description="Requests in flight on every replica holding a model at which the model "
         "is given one more replica",
     )
+    spread_after_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long a model must stay hot before it is given one more replica",
+    )
     routing_stats_period_s: float = Field(
         default=1.0, gt=0, description="How often each replica reports what it holds"
     )
@@ -57,7 +62,10 @@ class ClusterConfig(BaseModel):
             "max_ongoing_requests": self.max_ongoing_requests,
             "request_router_config": RequestRouterConfig(
                 request_router_class=ROUTER_CLASS,  # imported where handles live
-                request_router_kwargs={"hot_inflight": self.hot_inflight},
+                request_router_kwargs={
+                    "hot_inflight": self.hot_inflight,
+                    "spread_after_s": self.spread_after_s,
+                },
                 request_routing_stats_period_s=self.routing_stats_period_s,
                 request_routing_stats_timeout_s=max(self.routing_stats_period_s * 5, 5.0),
             ),
