@@ -25,10 +25,19 @@ def start_cluster(nodes: int, cpus: float = 1, object_store: int = 80 * MiB) -> 
     from ray.cluster_utils import Cluster
 
     args = {"num_cpus": cpus, "object_store_memory": object_store}
-    cluster = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
-    for _ in range(nodes - 1):
-        cluster.add_node(**args)
-    cluster.wait_for_nodes()
+    for attempt in range(3):
+        cluster = Cluster()
+        try:
+            # Ray waits a fixed 30 s for a raylet; on a machine this busy that can run out.
+            cluster.add_node(**args, include_dashboard=False)
+            for _ in range(nodes - 1):
+                cluster.add_node(**args)
+            cluster.wait_for_nodes()
+            break
+        except Exception:
+            cluster.shutdown()
+            if attempt == 2:
+                raise
     ray.init(address=cluster.address, log_to_driver=False)
     return cluster
 

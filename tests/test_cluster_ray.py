@@ -78,7 +78,8 @@ def gateway(ray_cluster: object, twin_root: Path) -> Iterator[BackgroundGateway]
         inference_threads=2,
         memory_budget_bytes=BUDGET,
     )
-    cluster = ClusterConfig(replicas=2, replica_cpus=0.5, app_name="tfmux-test")
+    # 0.6 of a 1-CPU node: one replica per node, with room left for the autoscaling test's.
+    cluster = ClusterConfig(replicas=2, replica_cpus=0.6, app_name="tfmux-test")
     with BackgroundGateway(config, cluster) as gw:
         yield gw
 
@@ -277,7 +278,7 @@ def test_autoscaling_adds_replicas_under_load(ray_cluster: object, twin_root: Pa
     )
     cluster = ClusterConfig(
         app_name="tfmux-autoscale",
-        replica_cpus=0.25,
+        replica_cpus=0.2,
         autoscaling={
             "min_replicas": 1,
             "max_replicas": 2,
@@ -392,13 +393,17 @@ def test_a_removed_node_takes_its_replica_and_traffic_moves(
         assert node in nodes, "the model to move must live on a worker node"
         ray_cluster.remove_node(nodes[node], allow_graceful=False)
 
-    on_worker = next(s for s in gateway.server.service.snapshots() if s.node in nodes)
-    model = next(
-        (m for m in on_worker.models if on_worker.available(m) and m.startswith("twin_")),
-        None,
-    )
-    if model is None:  # place one there: unload elsewhere, then load until it lands
-        pytest.skip("no model resident on the worker node's replica")
+    def resident_on_worker() -> list[str]:
+        snaps = gateway.server.service.snapshots()
+        worker = next(s for s in snaps if s.node in nodes)
+        return [m for m in worker.models if worker.available(m) and m.startswith("twin_")]
+
+    if not resident_on_worker():  # (a fresh replica): place one there, the most free budget
+        for verb in ("unload", "load"):
+            r = httpx.post(f"{gateway.url}/v2/repository/models/twin_4/{verb}", timeout=120)
+            assert r.status_code == 200, r.text
+    model = resident_on_worker()[0]
     victim, outcomes = _kill_during_traffic(gateway, model, remove)
     assert outcomes and set(outcomes) <= {200, 503}, outcomes
+    ray_cluster.add_node(num_cpus=1, object_store_memory=80 * 1024 * 1024)  # room to restart
     _wait_for_replicas(gateway, 2, victim)

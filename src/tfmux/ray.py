@@ -16,13 +16,18 @@ from typing import Any
 
 from tfmux.cluster.deploy import gateway_app
 from tfmux.cluster.settings import ClusterConfig
-from tfmux.config import ModelSources, build_config
+from tfmux.config import ModelSources, ServerConfig, build_config
 
 _CLUSTER_KEYS = set(ClusterConfig.model_fields) - {"address", "object_store_bytes"}
 
 
 def build(args: dict[str, Any]) -> Any:
     """A Serve application from ``serve run`` / ``serve deploy`` arguments."""
+    return gateway_app(*settings(args))
+
+
+def settings(args: dict[str, Any]) -> tuple[ServerConfig, ClusterConfig, float]:
+    """tfmux's settings, the cluster's and the gateway's CPUs from the builder's args."""
     args = dict(args)
     cluster = ClusterConfig(**{k: args.pop(k) for k in list(args) if k in _CLUSTER_KEYS})
     gateway_cpus = float(args.pop("gateway_cpus", 0.0))
@@ -46,7 +51,7 @@ def build(args: dict[str, Any]) -> Any:
 
         models = [*config.models, *(ModelConfig(**m) for m in extra_models)]
         config = config.model_copy(update={"models": models})
-    return gateway_app(config, cluster, gateway_cpus)
+    return config, cluster, gateway_cpus
 
 
 def _listed(value: Any) -> list[str]:

@@ -59,7 +59,7 @@ class TfmuxReplica:
 
 def replica_app(config: ServerConfig, cluster: ClusterConfig) -> Any:
     """The replica deployment bound to its settings (a Serve application on its own)."""
-    deployment = serve.deployment(TfmuxReplica, name=REPLICA_DEPLOYMENT)
+    deployment: Any = serve.deployment(TfmuxReplica, name=REPLICA_DEPLOYMENT)
     return deployment.options(**cluster.deployment_options()).bind(config)
 
 
@@ -92,7 +92,7 @@ class TfmuxGateway:
 
 def gateway_app(config: ServerConfig, cluster: ClusterConfig, gateway_cpus: float = 0.0) -> Any:
     """Gateway plus replicas: the application ``tfmux.ray:build`` returns."""
-    gateway = serve.deployment(
+    gateway: Any = serve.deployment(
         TfmuxGateway, name="TfmuxGateway", num_replicas=1, max_ongoing_requests=16
     )
     gateway = gateway.options(ray_actor_options={"num_cpus": gateway_cpus})

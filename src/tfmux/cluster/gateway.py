@@ -70,12 +70,12 @@ class ClusterGateway(TfmuxServer):
         management = Management(
             config.management, config.admin_token, tuple(config.model_repositories)
         )
-        self.service = ClusterService(  # type: ignore[assignment]
-            self._handle, router, management, self.metrics, timeout
-        )
-        self.manager = self.service.manager  # type: ignore[assignment]
-        self.metrics.registry.register(ClusterCollector(self.service))  # type: ignore[arg-type]
-        service: Any = self.service
+        cluster = ClusterService(self._handle, router, management, self.metrics, timeout)
+        self.metrics.registry.register(ClusterCollector(cluster))
+        # Duck-typed: the transports and TfmuxServer call what ServingService offers.
+        service: Any = cluster
+        self.service = service
+        self.manager = cluster.manager  # type: ignore[assignment]
         ops = OpsRest(service.ready, self.metrics.render, CONTENT_TYPE)
         self.rest_app = ServedByHeader(  # type: ignore[assignment]
             RestApp(

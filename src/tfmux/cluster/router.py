@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
@@ -19,9 +20,11 @@ from tfmux.cluster import registry
 from tfmux.cluster.placement import Decision, ReplicaSnapshot, choose_replica, hot
 
 PLACING_SECONDS = 10.0  # a placement counts as held until the replica reports the model
+SUSPECT_SECONDS = 10.0  # a replica Ray could not reach gets no requests for this long
+RECENT_REQUESTS = 4096  # finished requests whose replica is remembered (to blame a failure)
 
 
-class ResidencyRouter(RequestRouter):  # type: ignore[misc]
+class ResidencyRouter(RequestRouter):
     """Sends each request where ``choose_replica`` says. Thread-safe: Serve runs it on its
     router loop, the gateway reads its views from another thread."""
 
@@ -32,6 +35,8 @@ class ResidencyRouter(RequestRouter):  # type: ignore[misc]
         self.hot_inflight = hot_inflight
         self.spread_after_s = spread_after_s
         self._hot_since: dict[str, float] = {}  # model -> since when its holders are hot
+        self._suspect: dict[str, float] = {}  # replica -> until when it is avoided
+        self._recent: OrderedDict[str, str] = OrderedDict()  # request id -> replica (done)
         self._observed: dict[str, ReplicaSnapshot] = {}
         self._placing: dict[str, dict[str, float]] = {}  # model -> replica -> until
         self._inflight: dict[str, int] = {}
@@ -91,6 +96,14 @@ class ResidencyRouter(RequestRouter):  # type: ignore[misc]
         if target is not None:  # a call for one replica: only that one (retried until live)
             return [[by_id[target]]] if target in by_id else []
         model = kwargs.get("tfmux_model")
+        now = time.monotonic()
+        with self._lock:
+            live = [
+                r
+                for r in candidate_replicas
+                if self._suspect.get(r.replica_id.unique_id, 0.0) <= now
+            ]
+        candidate_replicas = live or candidate_replicas  # all suspect: try them anyway
         if model is None:
             return [candidate_replicas]
         decision = self.decide(model, kwargs.get("tfmux_version"), candidate_replicas)
@@ -139,6 +152,28 @@ class ResidencyRouter(RequestRouter):  # type: ignore[misc]
             replica = self._assigned.pop(internal_request_id, None)
             if replica is not None:
                 self._inflight[replica] = max(self._inflight.get(replica, 1) - 1, 0)
+                self._recent[internal_request_id] = replica
+                while len(self._recent) > RECENT_REQUESTS:
+                    self._recent.popitem(last=False)
+
+    def suspect_request(self, internal_request_id: str) -> None:
+        """The request failed in Ray (not in tfmux): avoid its replica for a while. A replica
+        whose node is gone can linger, failing fast, before Ray reports it unavailable."""
+        with self._lock:
+            replica = self._recent.pop(internal_request_id, None) or self._assigned.get(
+                internal_request_id
+            )
+            if replica is not None:
+                self._suspect[replica] = time.monotonic() + SUSPECT_SECONDS
+
+    def on_replica_actor_unavailable(self, replica_id: Any) -> None:
+        """Ray could not reach the replica (its node may be gone, not yet declared dead):
+        route around it for a while, so its models are served elsewhere meanwhile."""
+        super().on_replica_actor_unavailable(replica_id)
+        with self._lock:
+            self._suspect[replica_id.unique_id] = time.monotonic() + SUSPECT_SECONDS
+            for where in self._placing.values():
+                where.pop(replica_id.unique_id, None)
 
     def on_replica_actor_died(self, replica_id: Any) -> None:
         super().on_replica_actor_died(replica_id)

@@ -61,7 +61,7 @@ def serve_on_ray(
         try:
             serve.delete(cluster.app_name)
             if started:
-                serve.shutdown()
+                serve.shutdown()  # type: ignore[no-untyped-call]
         finally:
             if started:
                 ray.shutdown()

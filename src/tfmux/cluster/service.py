@@ -183,6 +183,8 @@ class ClusterService:
         except RayTaskError as exc:
             raise internal(f"replica failed: {exc.cause!r}") from None
         except (RayError, RayServeException) as exc:
+            if model is not None:
+                self.router.suspect_request(response._request_metadata.internal_request_id)
             which = f"replica {replica}" if replica else "the replica serving this request"
             raise unavailable(f"{which} is unavailable ({type(exc).__name__}); retry") from None
         if isinstance(outcome, Failure):

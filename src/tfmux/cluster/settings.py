@@ -54,21 +54,22 @@ class ClusterConfig(BaseModel):
         """Options of the replica deployment (``Deployment.options``)."""
         from ray.serve.config import RequestRouterConfig
 
+        router: dict[str, Any] = {
+            "request_router_class": ROUTER_CLASS,  # imported where handles live
+            "request_router_kwargs": {
+                "hot_inflight": self.hot_inflight,
+                "spread_after_s": self.spread_after_s,
+            },
+            "request_routing_stats_period_s": self.routing_stats_period_s,
+            "request_routing_stats_timeout_s": max(self.routing_stats_period_s * 5, 5.0),
+        }
         actor: dict[str, Any] = {"num_cpus": self.replica_cpus}
         if self.replica_resources:
             actor["resources"] = dict(self.replica_resources)
         options: dict[str, Any] = {
             "ray_actor_options": actor,
             "max_ongoing_requests": self.max_ongoing_requests,
-            "request_router_config": RequestRouterConfig(
-                request_router_class=ROUTER_CLASS,  # imported where handles live
-                request_router_kwargs={
-                    "hot_inflight": self.hot_inflight,
-                    "spread_after_s": self.spread_after_s,
-                },
-                request_routing_stats_period_s=self.routing_stats_period_s,
-                request_routing_stats_timeout_s=max(self.routing_stats_period_s * 5, 5.0),
-            ),
+            "request_router_config": RequestRouterConfig(**router),
         }
         if self.autoscaling is not None:
             options["autoscaling_config"] = dict(self.autoscaling)
