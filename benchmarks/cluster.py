@@ -6,7 +6,7 @@ first requests, the latency the cluster path adds over single-process tfmux (sam
 client, sequential REST requests), and the throughput of a CPU-heavy model (MLP, 32 rows) with
 1 and 2 replicas. Keep it short on a shared machine; prints JSON.
 
-    python -m benchmarks.cluster --model-repository /tmp/bench-models [--budget-mib 48]
+    python -m benchmarks.cluster --model-repository /tmp/bench-models [--budget-mib 96]
 
 The repository is built (or reused) with benchmarks.models; the many small models are copies
 of its ``tiny`` model under other names.
@@ -67,6 +67,10 @@ def touch_all(gw: BackgroundGateway, names: list[str]) -> None:
         for name in names:
             r = client.post(f"{gw.url}/v1/models/{name}:predict", content=body(name))
             r.raise_for_status()
+
+
+def unload(gw: BackgroundGateway, name: str) -> None:
+    httpx.post(f"{gw.url}/v2/repository/models/{name}/unload", timeout=120).raise_for_status()
 
 
 def throughput(url: str, model: str, seconds: float, clients: int = 8) -> float:
@@ -134,8 +138,8 @@ def burst_loads(gw: BackgroundGateway, name: str, clients: int = 32) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", type=Path, required=True)
-    parser.add_argument("--budget-mib", type=int, default=48)
-    parser.add_argument("--models", type=int, default=16)
+    parser.add_argument("--budget-mib", type=int, default=96)
+    parser.add_argument("--models", type=int, default=24)
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
     built = build_all(args.model_repository)
@@ -164,23 +168,25 @@ def main() -> None:
         started = time.monotonic()
         with BackgroundGateway(config, settings) as gw:
             report["deploy_s"] = round(time.monotonic() - started, 1)
-            touch_all(gw, names)
-            one = resident(gw, "small_")
             touch_all(gw, ["mlp"])
             mlp_one = throughput(gw.url, "mlp", args.seconds)
+            unload(gw, "mlp")
+            touch_all(gw, names)
+            one = resident(gw, "small_")
             deploy(gw.config, settings.model_copy(update={"replicas": 2}))
             while len(gw.server.service.router.replica_ids()) < 2:
                 time.sleep(0.5)
             time.sleep(2)  # its first snapshot
-            throughput(gw.url, "mlp", 3)  # the hot model spreads to the new replica
-            mlp_two = throughput(gw.url, "mlp", args.seconds)
-            mlp_holders = len([s for s in gw.server.service.snapshots() if s.holds("mlp")])
             touch_all(gw, names)
             touch_all(gw, names)
             two = resident(gw, "small_")
             report["models_servable"] = {"1_replica": one, "2_replicas": two}
             report["zipf_hit_rate_2_replicas"] = round(hit_rate(gw, names, 400), 3)
             report["burst_first_requests"] = burst_loads(gw, "tiny")
+            touch_all(gw, ["mlp"])
+            throughput(gw.url, "mlp", 3)  # the hot model spreads to the second replica
+            mlp_two = throughput(gw.url, "mlp", args.seconds)
+            mlp_holders = len([s for s in gw.server.service.snapshots() if s.holds("mlp")])
             report["mlp_32rows_req_per_s"] = {
                 "1_replica": round(mlp_one, 1),
                 "2_replicas": round(mlp_two, 1),

@@ -38,6 +38,9 @@ class TfmuxReplica:
     async def load_model(self, name: str, **_: Any) -> Done:
         return await self.core.load_model(name)
 
+    async def allow(self, name: str, **_: Any) -> Done:
+        return await self.core.allow(name)
+
     async def unload_model(self, name: str, **_: Any) -> Done:
         return await self.core.unload_model(name)
 

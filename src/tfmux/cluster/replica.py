@@ -164,6 +164,15 @@ class ReplicaCore:
     async def load_model(self, name: str) -> Done:
         return await self._done(lambda: self.service.load_model(name))
 
+    async def allow(self, name: str) -> Done:
+        """A load request served elsewhere: this replica may load the model on demand again
+        (it stays unloaded here until a request needs it)."""
+
+        async def clear() -> None:
+            self.manager.get(name).unloaded = False
+
+        return await self._done(clear)
+
     async def unload_model(self, name: str) -> Done:
         return await self._done(lambda: self.service.unload_model(name))
 

@@ -224,12 +224,18 @@ class ClusterService:
         await self.place(name)
 
     async def place(self, name: str) -> None:
-        """Load ``name`` where it is held, or on the replica the policy places it on."""
+        """Load ``name`` where it is held, or on the replica the policy places it on; every
+        other replica may load it on demand again (an unload is undone cluster-wide)."""
         holders = self._holders(name)
         if holders:
             await self._each(holders, "load_model", name)
         else:
-            await self._call("load_model", name, model=ModelRef(name), timeout=CONTROL_TIMEOUT)
+            done = await self._call(
+                "load_model", name, model=ModelRef(name), timeout=CONTROL_TIMEOUT
+            )
+            holders = [done.snapshot["replica"]]
+        others = [r for r in self.router.replica_ids() if r not in holders]
+        await self._each(others, "allow", name)
         self._signatures = {k: v for k, v in self._signatures.items() if k[0] != name}
 
     async def unload_model(self, name: str, authorization: str | None = None) -> None:
