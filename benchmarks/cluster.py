@@ -58,8 +58,12 @@ def body(model: str, rows: int = 1) -> bytes:
 
 
 def resident(gw: BackgroundGateway, prefix: str) -> int:
+    return len(ready(gw, prefix))
+
+
+def ready(gw: BackgroundGateway, prefix: str) -> list[dict[str, Any]]:
     index = httpx.post(f"{gw.url}/v2/repository/index", timeout=60).json()
-    return sum(1 for e in index if e["name"].startswith(prefix) and e["state"] == "READY")
+    return [e for e in index if e["name"].startswith(prefix) and e["state"] == "READY"]
 
 
 def touch_all(gw: BackgroundGateway, names: list[str]) -> None:
@@ -173,6 +177,8 @@ def main() -> None:
             unload(gw, "mlp")
             touch_all(gw, names)
             one = resident(gw, "small_")
+            sizes = [e["memory_bytes"] for e in ready(gw, "small_") if e.get("memory_bytes")]
+            report["small_model_mib"] = round(statistics.median(sizes) / MiB, 1) if sizes else None
             deploy(gw.config, settings.model_copy(update={"replicas": 2}))
             while len(gw.server.service.router.replica_ids()) < 2:
                 time.sleep(0.5)
