@@ -28,6 +28,7 @@ from click.testing import CliRunner
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tfmux.cli import main
+from tfmux.cluster.replica import Forwarded
 from tfmux.cluster.settings import ClusterConfig
 from tfmux.config import ModelConfig, ServerConfig, VersionPolicy
 
@@ -219,6 +220,14 @@ def test_unload_and_load_apply_cluster_wide(gateway: BackgroundGateway) -> None:
     held = holders(gateway, "twin_1")
     assert len(held) == 1
     assert predict(gateway, "twin_1") == held[0]
+    # Placed on one replica, the model is loadable again on the others (the unload is undone
+    # cluster-wide): a request sent to another replica directly is served there.
+    service = gateway.server.service
+    other = next(r for r in service.router.replica_ids() if r not in held)
+    direct = Forwarded("twin_1", None, {"x": X})
+    answer = gateway.call(service._call("infer", direct, replica=other))
+    assert answer.replica == other
+    assert answer.result.outputs["y"].tolist() == [[expected(1)]]
     # Unknown model: a clear error, and the cluster keeps serving.
     r = httpx.post(f"{gateway.url}/v2/repository/models/nope/load", timeout=60)
     assert r.status_code == 404, r.text

@@ -169,7 +169,12 @@ class ReplicaCore:
         (it stays unloaded here until a request needs it)."""
 
         async def clear() -> None:
-            self.manager.get(name).unloaded = False
+            served = self.manager.get(name)
+            served.unloaded = False
+            for mv in list(served.versions.values()):
+                # Unloaded on request, now loadable on demand again: as if evicted.
+                if mv.state is State.END and mv.error is None:
+                    mv.evicted = True
 
         return await self._done(clear)
 

@@ -37,7 +37,7 @@ def connect(cluster: ClusterConfig) -> bool:
 def deploy(config: ServerConfig, cluster: ClusterConfig) -> Any:
     """Deploy the replicas as a Serve application; returns its handle. Serve's own HTTP
     proxies are not needed (the gateway serves), so a Serve started here runs none."""
-    serve.start(http_options={"location": "NoServer"})
+    serve.start(proxy_location="Disabled")
     return serve.run(
         replica_app(config, cluster), name=cluster.app_name, route_prefix=None, blocking=False
     )
