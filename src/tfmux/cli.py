@@ -122,8 +122,15 @@ def main() -> None:
 @click.option(
     "--memory-budget",
     default=None,
-    help="Memory models may use, e.g. 4GiB: least-recently-used idle models are unloaded to "
-    "make room.  [default: no limit]",
+    help="Memory models may use, e.g. 4GiB: idle models are unloaded to make room.  "
+    "[default: no limit]",
+)
+@click.option(
+    "--eviction-policy",
+    type=click.Choice(["lru", "tinylfu"]),
+    default=None,
+    help="Which idle model makes room under the memory budget: the least frequently used "
+    "(tinylfu) or the least recently used (lru).  [default: tinylfu]",
 )
 @click.option(
     "--poll-interval",

@@ -100,7 +100,11 @@ class TfmuxServer:
         self.runtime_report = ""
         self.metrics = Metrics()
         self.manager = ModelManager(
-            loader, config.max_concurrent_loads, self.metrics, config.memory_budget_bytes
+            loader,
+            config.max_concurrent_loads,
+            self.metrics,
+            config.memory_budget_bytes,
+            eviction_policy=config.eviction_policy,
         )
         self.poller = RepositoryPoller(self.manager, config.poll_interval_seconds)
         self.metrics.watch(self.manager)

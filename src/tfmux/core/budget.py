@@ -1,4 +1,4 @@
-"""Memory accounting and admission under a byte budget, with least-recently-used eviction."""
+"""Memory accounting and admission under a byte budget, with LRU or TinyLFU eviction."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from tfmux.core.eviction import POLICIES, EvictionPolicy, FrequencySketch, choose_victims
 from tfmux.core.lifecycle import ModelVersion, State
 from tfmux.core.memory import MemoryProbe, format_bytes, size_on_disk
-from tfmux.core.policy import Resident, eviction_victims
+from tfmux.core.policy import Resident
 from tfmux.errors import ErrorKind, ServingError
 
 CHARGED = (State.LOADING, State.AVAILABLE, State.UNLOADING)
@@ -41,14 +42,32 @@ class MemoryBudget:
         probe: MemoryProbe,
         held: Callable[[], Iterable[Held]],
         ratio: float = 1.1,
+        policy: EvictionPolicy = "lru",
     ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown eviction policy {policy!r}; expected one of {POLICIES}")
         self.limit = limit
+        self.policy = policy
+        self._sketch = FrequencySketch()
         self._probe = probe
         self._held = held
         self._ratio = ratio
         self._lock = threading.Lock()
         self._loading = 0
         self._epoch = 0  # counts load starts; a measurement is alone if it saw only its own
+
+    def accessed(self, mv: ModelVersion) -> None:
+        """A request took ``mv``: count it for the frequency-aware policy (cheap; no-op
+        without a budget or under LRU, which reads ``last_used``)."""
+        if self.limit is not None and self.policy == "tinylfu":
+            key = (mv.name, mv.version)
+            with self._lock:
+                self._sketch.increment(key)
+
+    def frequency(self, key: tuple[str, int]) -> int:
+        """The estimated recent request count of a version (0 under LRU)."""
+        with self._lock:
+            return self._sketch.estimate(key)
 
     # -- before and after a load (load threads) --------------------------------------------
 
@@ -91,7 +110,12 @@ class MemoryBudget:
             )
             for h in held
         ]
-        victims = eviction_victims(residents, mv.memory_estimate, self.limit)
+        frequency = (
+            {r.key: self._sketch.estimate(r.key) for r in residents if r.evictable}
+            if self.policy == "tinylfu"
+            else {}
+        )
+        victims = choose_victims(self.policy, residents, mv.memory_estimate, self.limit, frequency)
         if victims is None:
             raise self._too_big(mv, residents)
         claimed = [by_key[key] for key in victims if by_key[key].try_evict()]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tfmux.config import ModelConfig
 from tfmux.core.budget import Held, MemoryBudget
+from tfmux.core.eviction import EvictionPolicy
 from tfmux.core.lifecycle import Lease, ModelVersion, State
 from tfmux.core.memory import MemoryProbe, ProcessMemory
 from tfmux.core.observer import NullObserver, Observer
@@ -40,6 +41,7 @@ class ModelManager:
         memory_budget: int | None = None,
         probe: MemoryProbe | None = None,
         clock: Callable[[], float] = time.monotonic,
+        eviction_policy: EvictionPolicy = "lru",
     ) -> None:
         self._loader = loader
         self._observer = observer or NullObserver()
@@ -47,7 +49,9 @@ class ModelManager:
         self._lock = threading.Lock()
         self._models: dict[str, ServedModel] = {}
         self._load_pool = ThreadPoolExecutor(max_concurrent_loads, thread_name_prefix="tfmux-load")
-        self.budget = MemoryBudget(memory_budget, probe or ProcessMemory(), self._held)
+        self.budget = MemoryBudget(
+            memory_budget, probe or ProcessMemory(), self._held, policy=eviction_policy
+        )
         self.traffic = TrafficTable()
 
     # -- configuration -------------------------------------------------------------------
@@ -308,9 +312,11 @@ class ModelManager:
         if mv.state is not State.AVAILABLE:
             return None
         try:
-            return mv.acquire()
+            lease = mv.acquire()
         except ServingError:  # it stopped being available since resolve: let lease() decide
             return None
+        self.budget.accessed(mv)
+        return lease
 
     async def lease(self, ref: ModelRef) -> Lease:
         """A lease on the version a request names, loading it first if it is lazy, evicted,
@@ -324,8 +330,11 @@ class ModelManager:
             if mv.state in (State.START, State.LOADING):
                 await asyncio.wrap_future(mv.start_load(self._load_pool))
             try:
-                return mv.acquire()
+                lease = mv.acquire()
             except ServingError:
                 # Retry an eviction, or a swap that retired the version since it was resolved.
                 if (ended or not mv.evicted) and self.resolve(ref) is mv:
                     raise
+            else:
+                self.budget.accessed(mv)
+                return lease
