@@ -178,6 +178,7 @@ class ServerConfig(BaseModel):
     request_timeout_ms: int | None = Field(default=None, gt=0)
     memory_budget_bytes: int | None = Field(default=None, gt=0)
     eviction_policy: Literal["lru", "tinylfu"] = "tinylfu"  # which idle version makes room
+    metrics_histogram_models: int = Field(default=32, ge=0)  # models with own histograms
     poll_interval_seconds: float = Field(default=0.0, ge=0)
     management: bool = True
     admin_token: str | None = None

@@ -98,7 +98,7 @@ class TfmuxServer:
         self._uses_tensorflow = loader is None
         loader = loader or saved_model_loader(config)
         self.runtime_report = ""
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.metrics_histogram_models)
         self.manager = ModelManager(
             loader,
             config.max_concurrent_loads,

@@ -245,6 +245,11 @@ class ModelManager:
         with self._lock:
             return list(self._models.values())
 
+    def serves(self, name: str) -> bool:
+        """Whether ``name`` is a served model (metrics label only these)."""
+        with self._lock:
+            return name in self._models
+
     def get(self, name: str) -> ServedModel:
         with self._lock:
             served = self._models.get(name)
