@@ -135,3 +135,19 @@ def test_a_missing_checkpoint_is_a_clear_error_and_the_graph_stays_usable(
         np.testing.assert_allclose(y, expected(-1.0, ROWS), rtol=1e-6)
     finally:
         model.close()
+
+
+def test_sharing_can_be_turned_off(twins: dict[str, Path]) -> None:
+    from tfmux.runtimes.tf1 import TF1Runtime
+
+    before = GRAPHS.imports
+    runtime = TF1Runtime(share_graphs=False)
+    models = [runtime.load(path) for path in twins.values()]
+    try:
+        assert GRAPHS.imports == before
+        for model, scale in zip(models, SCALES.values(), strict=True):
+            y = model.run("serving_default", {"x": ROWS})["y"]
+            np.testing.assert_allclose(y, expected(scale, ROWS), rtol=1e-6)
+    finally:
+        for model in models:
+            model.close()

@@ -126,6 +126,12 @@ def main() -> None:
     "[default: no limit]",
 )
 @click.option(
+    "--share-graphs/--no-share-graphs",
+    default=None,
+    help="Versions with the same graph (other weights) import it once and restore only "
+    "their variables; off: every load goes through TensorFlow's v1 loader.  [default: on]",
+)
+@click.option(
     "--eviction-policy",
     type=click.Choice(["lru", "tinylfu"]),
     default=None,

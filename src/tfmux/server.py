@@ -39,6 +39,7 @@ def saved_model_loader(server: ServerConfig) -> ModelLoader:
     session = {
         "intra_op_threads": server.tf_intra_op_threads,
         "inter_op_threads": server.tf_inter_op_threads,
+        "share_graphs": server.share_graphs,
     }
 
     def load(config: ModelConfig, path: Path) -> LoadedModel:

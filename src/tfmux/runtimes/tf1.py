@@ -244,8 +244,9 @@ class TF1Model:
 class TF1Runtime:
     """Loads SavedModels the TF1 way (``tf.compat.v1.saved_model.loader.load``).
 
-    Sessions get the ConfigProto TensorFlow gives any v1 Session in a TF2 process (the
-    process-wide thread and GPU settings, soft device placement, so a model saved with
+    ``share_graphs``: see ``load``. Sessions get the ConfigProto TensorFlow gives any v1
+    Session in a TF2 process (the process-wide thread and GPU settings, soft device
+    placement, so a model saved with
     variables pinned to a GPU still loads on a CPU-only host), with ``intra_op_threads`` /
     ``inter_op_threads`` put in when given. Sessions share TensorFlow's process-wide thread
     pools, so these counts take effect when the first session creates them.
@@ -254,8 +255,12 @@ class TF1Runtime:
     name = "tf1"
 
     def __init__(
-        self, intra_op_threads: int | None = None, inter_op_threads: int | None = None
+        self,
+        intra_op_threads: int | None = None,
+        inter_op_threads: int | None = None,
+        share_graphs: bool = True,
     ) -> None:
+        self._share_graphs = share_graphs
         self._config: tf.compat.v1.ConfigProto | None = None
         if intra_op_threads is not None or inter_op_threads is not None:
             from tensorflow.python.eager import context
@@ -267,7 +272,10 @@ class TF1Runtime:
                 self._config.inter_op_parallelism_threads = inter_op_threads
 
     def load(self, path: Path) -> TF1Model:
-        return load_shared(path, self._config) or TF1Model(path, self._config)
+        """With ``share_graphs`` (the default) versions with the same graph share it
+        (graph_cache); without, every version goes through TensorFlow's v1 loader."""
+        shared = load_shared(path, self._config) if self._share_graphs else None
+        return shared or TF1Model(path, self._config)
 
 
 def load_shared(path: Path, config: tf.compat.v1.ConfigProto | None) -> TF1Model | None:
