@@ -11,9 +11,10 @@ checking in a session run that every variable the signatures read was restored. 
   after), and every version still gets its **own Session**, so its own variables: sessions on
   one graph share nothing but the graph's definition (TensorFlow keeps resources per session);
 - a TF2 restore function made only of ``RestoreV2`` into ``AssignVariableOp`` is read once per
-  graph into a map (checkpoint key -> variable); a load reads the tensors with TensorFlow's
-  checkpoint reader and assigns them all in one run of a plain graph (no function to
-  instantiate), and the restored-variables check is answered from the same map, statically;
+  graph into a map (checkpoint key -> variable) and rebuilt as plain graph ops (one
+  ``RestoreV2`` into every ``AssignVariableOp``, fed the checkpoint prefix): a load runs it
+  once, with no function to instantiate, and the restored-variables check is answered from
+  the same map, statically;
 - an init op that is a plain ``NoOp`` (TF2's usual ``__saved_model_init_op``) is not run.
 
 Graphs this cannot map exactly (other ops in the restore function, variables the signatures
@@ -29,7 +30,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,6 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.framework import tensor_util
 from tensorflow.python.saved_model import loader_impl
-from tensorflow.python.training import py_checkpoint_reader
 
 from tfmux.errors import ServingError, internal
 from tfmux.runtimes.savedmodel import (
@@ -64,8 +64,8 @@ class SharedGraph:
     signatures: dict[str, SignatureSpec]
     size: int  # bytes of the MetaGraphDef
     saver: Any = None  # graph-level saver (TF1 graphs)
-    assigns: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint key, feed)
-    assign_op: str = ""  # runs every assign
+    prefix_feed: str = ""  # the checkpoint prefix placeholder of ``assign_op``
+    assign_op: str = ""  # reads the checkpoint into every variable (RestoreV2 -> assigns)
     run_init: bool = False
     users: int = 0
 
@@ -85,10 +85,8 @@ class SharedGraph:
 
     def _restore(self, session: Any, path: Path) -> None:
         prefix = str(path / "variables" / "variables")
-        if self.assigns:
-            reader = py_checkpoint_reader.NewCheckpointReader(prefix)
-            feeds = {name: reader.get_tensor(key) for key, name in self.assigns}
-            session.run(self.assign_op, feed_dict=feeds)
+        if self.assign_op:
+            session.run(self.assign_op, feed_dict={self.prefix_feed: prefix})
         elif self.saver is not None:
             with self.graph.as_default():
                 self.saver.restore(session, prefix)
@@ -188,13 +186,21 @@ def _import(
         shared = SharedGraph(key, graph, signature_specs(meta_graph), size, saver=saver)
         if assigns:
             shared.saver = None
-            feeds, ops = [], []
-            for i, (checkpoint_key, variable, dtype) in enumerate(assigns):
-                handle = graph.get_operation_by_name(variable).outputs[0]
-                value = tf.compat.v1.placeholder(dtype, name=f"tfmux_restore/value_{i}")
-                ops.append(tf.raw_ops.AssignVariableOp(resource=handle, value=value))
-                feeds.append((checkpoint_key, value.name))
-            shared.assigns = feeds
+            prefix = tf.compat.v1.placeholder(tf.string, [], name="tfmux_restore/prefix")
+            values = tf.raw_ops.RestoreV2(
+                prefix=prefix,
+                tensor_names=[key for key, _, _ in assigns],
+                shape_and_slices=[""] * len(assigns),
+                dtypes=[dtype for _, _, dtype in assigns],
+                name="tfmux_restore/read",
+            )
+            ops = [
+                tf.raw_ops.AssignVariableOp(
+                    resource=graph.get_operation_by_name(variable).outputs[0], value=value
+                )
+                for (_, variable, _), value in zip(assigns, values, strict=True)
+            ]
+            shared.prefix_feed = prefix.name
             shared.assign_op = tf.group(*ops, name="tfmux_restore/all").name
     shared.run_init = _needs_init(meta_graph)
     graph.finalize()  # nothing adds ops to a graph sessions share
