@@ -258,6 +258,26 @@ def traffic(
     }
 
 
+def offline(names: int, fits: int, exponent: float, requests: int, seed: int) -> dict[str, Any]:
+    """Hit rates of LRU, TinyLFU (the server's victim choice) and Belady's optimum replaying
+    one long Zipf sequence (independent of the machine), and the best static choice (the
+    ``fits`` most popular models always loaded)."""
+    probabilities = zipf_probabilities(names, exponent)
+    picks = np.random.default_rng(seed).choice(names, requests, p=probabilities)
+    sequence = [f"m{i:04d}" for i in picks]
+    unit = {f"m{i:04d}": 1 for i in range(names)}
+    return {
+        "names": names,
+        "fits": fits,
+        "requests": requests,
+        "lru": replay("lru", sequence, unit, fits),
+        "tinylfu": replay("tinylfu", sequence, unit, fits),
+        "optimal": optimal_replay(sequence, unit, fits),
+        "static_top": float(probabilities[:fits].sum()),
+        "unlimited": 1 - len(set(sequence)) / requests,
+    }
+
+
 def _loads(server: Any) -> float:
     return float(sum(server.metric("tfmux_model_loads_total").values()))
 
@@ -283,6 +303,7 @@ def main() -> None:
     parser.add_argument("--budget-fraction", type=float, default=0.07)
     parser.add_argument("--model-cost", type=int, default=int(4.5 * MiB), help="bytes/model")
     parser.add_argument("--farm", default="shared,distinct")
+    parser.add_argument("--replay-requests", type=int, default=100_000, help="offline replay")
     parser.add_argument("--config", default="baseline,tfmux")
     parser.add_argument("--repeats", type=int, default=8, help="load-time samples per kind")
     parser.add_argument("--seed", type=int, default=13)
@@ -296,6 +317,10 @@ def main() -> None:
     budget = int(max(1, round(args.names * args.budget_fraction)) * args.model_cost)
     report: dict[str, Any] = {"command": " ".join(sys.argv), "machine": machine(), "args": {}}
     report["args"] = {k: str(v) for k, v in vars(args).items() if k != "worker"}
+    fits = int(max(1, round(args.names * args.budget_fraction)))
+    print("offline replays ...", flush=True)
+    report["replays"] = offline(args.names, fits, args.exponent, args.replay_requests, args.seed)
+    print(json.dumps(report["replays"], indent=1), flush=True)
     print("load times ...", flush=True)
     report["loads"] = load_times(args.work, args.repeats)
     print(json.dumps(report["loads"], indent=1), flush=True)
