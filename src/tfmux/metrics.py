@@ -9,6 +9,7 @@ counters and state gauges stay per model. ``_created`` series are not exposed.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -59,6 +60,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._histogram_models = histogram_models
         self._detailed: set[str] = set()  # models with histograms of their own
+        self._detailed_lock = threading.Lock()
         self._known: Callable[[str], bool] = lambda name: True
         self.requests = Counter(
             "tfmux_requests",
@@ -148,9 +150,11 @@ class Metrics:
     def _histogram_labels(self, name: str, version: str) -> tuple[str, str]:
         """Labels of a histogram series: the model's own for the first ``histogram_models``
         models, ``_other`` (and no version) for the rest. Called only when a child is made."""
-        if name not in self._detailed and len(self._detailed) < self._histogram_models:
-            self._detailed.add(name)
-        return (name, version) if name in self._detailed else (OTHER_MODELS, "")
+        with self._detailed_lock:
+            if name not in self._detailed and len(self._detailed) < self._histogram_models:
+                self._detailed.add(name)
+            detailed = name in self._detailed
+        return (name, version) if detailed else (OTHER_MODELS, "")
 
     # Observer protocol -------------------------------------------------------------------
 
