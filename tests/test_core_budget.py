@@ -449,9 +449,11 @@ def test_a_load_that_ran_alone_is_measured_and_shown(make_stack: Callable[..., S
     assert stack.infer("b").model_name == "b"
 
 
-def test_overlapping_loads_keep_their_estimates(make_stack: Callable[..., Stack]) -> None:
+def test_without_a_budget_overlapping_loads_keep_their_estimates(
+    make_stack: Callable[..., Stack],
+) -> None:
     gate = threading.Event()
-    stack = make_stack(FakeLoader(gate=gate), budget=10)
+    stack = make_stack(FakeLoader(gate=gate))
     for name in "ab":
         make_repository(stack.root, {name: [1]}, U)
         stack.manager.add_model(model_config(name, stack.root / name))
@@ -468,6 +470,29 @@ def test_overlapping_loads_keep_their_estimates(make_stack: Callable[..., Stack]
     stack.add("c", load="eager")  # alone: measured
     assert stack.service.status("c")[0].memory_measured
     assert stack.infer("a").model_name == "a"
+
+
+def test_under_a_budget_loads_are_measured_one_at_a_time(
+    make_stack: Callable[..., Stack],
+) -> None:
+    gate = threading.Event()
+    loader = FakeLoader(gate=gate)
+    tracked = Concurrency(loader)
+    stack = make_stack(loader, runtime=tracked, budget=10, max_concurrent_loads=2, scale=1.5)
+    for name in "abc":
+        make_repository(stack.root, {name: [1]}, U)
+        stack.manager.add_model(model_config(name, stack.root / name))
+    wait_until(lambda: stack.loader.total_loads == 1, "one load running")
+    assert tracked.now == 1  # the others wait for the measurement window
+    gate.set()
+    stack.manager.wait_for_loads(GATE_TIMEOUT)
+    assert tracked.peak == 1
+    for name in "abc":
+        [status] = stack.service.status(name)
+        assert status.memory_measured
+        assert status.memory_bytes == 1.5 * U  # what it really cost, not the estimate
+    assert stack.manager.budget.used() == 3 * 1.5 * U
+    assert stack.infer("b").model_name == "b"
 
 
 def test_estimates_move_toward_measured_costs(make_stack: Callable[..., Stack]) -> None:
@@ -518,7 +543,7 @@ def test_loads_of_different_models_run_in_parallel_up_to_the_limit(
     gate = threading.Event()
     loader = FakeLoader(gate=gate)
     tracked = Concurrency(loader)
-    stack = make_stack(loader, runtime=tracked, budget=10, max_concurrent_loads=2)
+    stack = make_stack(loader, runtime=tracked, max_concurrent_loads=2)  # no budget
     for name in "abc":
         stack.add(name)
 

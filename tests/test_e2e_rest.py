@@ -357,7 +357,7 @@ def test_metrics_count_requests_errors_and_loads(http) -> None:
         text = http.get(path).text
         ok = {"model": "regression", "version": "1", "method": "predict"}
         assert sample(text, "tfmux_requests_total", code="OK", **ok) >= 1
-        assert sample(text, "tfmux_requests_total", model="nope", code="NOT_FOUND") >= 1
+        assert sample(text, "tfmux_requests_total", model="_unknown", code="NOT_FOUND") >= 1
         assert sample(text, "tfmux_request_latency_seconds_count", **ok) >= 1
         assert sample(text, "tfmux_model_load_seconds_count", model="binary", version="1") == 1
         state = {"model": "corrupt", "version": "1", "state": "END"}

@@ -229,5 +229,6 @@ def test_docs_example_parses(tmp_path: Path) -> None:
     server, models = load_yaml_config(path, "eager")
     config = ServerConfig(**server, models=models)
     assert config.memory_budget_bytes == 4 * 2**30
+    assert config.eviction_policy == "tinylfu"
     fraud, churn = config.models
     assert fraud.pinned and not churn.pinned and churn.load == "lazy"

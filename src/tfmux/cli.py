@@ -122,8 +122,21 @@ def main() -> None:
 @click.option(
     "--memory-budget",
     default=None,
-    help="Memory models may use, e.g. 4GiB: least-recently-used idle models are unloaded to "
-    "make room.  [default: no limit]",
+    help="Memory models may use, e.g. 4GiB: idle models are unloaded to make room.  "
+    "[default: no limit]",
+)
+@click.option(
+    "--share-graphs/--no-share-graphs",
+    default=None,
+    help="Versions with the same graph (other weights) import it once and restore only "
+    "their variables; off: every load goes through TensorFlow's v1 loader.  [default: on]",
+)
+@click.option(
+    "--eviction-policy",
+    type=click.Choice(["lru", "tinylfu"]),
+    default=None,
+    help="Which idle model makes room under the memory budget: the least frequently used "
+    "(tinylfu) or the least recently used (lru).  [default: tinylfu]",
 )
 @click.option(
     "--poll-interval",

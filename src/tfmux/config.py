@@ -177,6 +177,9 @@ class ServerConfig(BaseModel):
     max_concurrent_loads: int = Field(default=2, ge=1)
     request_timeout_ms: int | None = Field(default=None, gt=0)
     memory_budget_bytes: int | None = Field(default=None, gt=0)
+    eviction_policy: Literal["lru", "tinylfu"] = "tinylfu"  # which idle version makes room
+    metrics_histogram_models: int = Field(default=32, ge=0)  # models with own histograms
+    share_graphs: bool = True  # versions with the same graph import it once (docs/memory.md)
     poll_interval_seconds: float = Field(default=0.0, ge=0)
     management: bool = True
     admin_token: str | None = None

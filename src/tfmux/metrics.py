@@ -1,11 +1,25 @@
-"""Prometheus metrics, defined once, fed by the core's Observer events and state snapshots."""
+"""Prometheus metrics, defined once, fed by the core's Observer events and state snapshots.
+
+Bounded for thousands of models (a scrape of 1,000 models measured in docs/memory.md): a
+request for a model the server does not serve is counted under the model label ``_unknown``
+(never one series per made-up name); histograms (request latency, load time) are kept per model
+for the first ``histogram_models`` models that report one, the rest share the label ``_other``;
+counters and state gauges stay per model. ``_created`` series are not exposed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Summary, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Summary,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -32,13 +46,22 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+UNKNOWN_MODEL = "_unknown"  # the model label of requests for models the server does not serve
+OTHER_MODELS = "_other"  # the model label of histograms beyond ``histogram_models``
+HISTOGRAM_MODELS = 32  # default: models with histograms of their own
+
+disable_created_metrics()  # a ``_created`` line per series doubles the scrape, for no use here
 
 
 class Metrics:
     """The server's metrics in a registry of its own (several servers may share a process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, histogram_models: int = HISTOGRAM_MODELS) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._histogram_models = histogram_models
+        self._detailed: set[str] = set()  # models with histograms of their own
+        self._detailed_lock = threading.Lock()
+        self._known: Callable[[str], bool] = lambda name: True
         self.requests = Counter(
             "tfmux_requests",
             "Requests by model, version, method and outcome (OK or the error kind).",
@@ -47,7 +70,8 @@ class Metrics:
         )
         self.latency = histograms.Histogram(
             "tfmux_request_latency_seconds",
-            "Time from a request reaching the core until its answer, by model and version.",
+            "Time from a request reaching the core until its answer, by model and version "
+            "(model _other: models beyond the histogram limit).",
             ["model", "version", "method"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -58,9 +82,9 @@ class Metrics:
             ["model", "version", "code"],
             registry=self.registry,
         )
-        self.load_seconds = Histogram(
+        self.load_seconds = histograms.Histogram(
             "tfmux_model_load_seconds",
-            "Time to load a model version.",
+            "Time to load a model version (model _other: models beyond the histogram limit).",
             ["model", "version"],
             buckets=LOAD_BUCKETS,
             registry=self.registry,
@@ -118,26 +142,42 @@ class Metrics:
         self._batches: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 
     def watch(self, manager: ModelManager) -> None:
-        """Report model states read from ``manager`` at each scrape."""
+        """Report model states read from ``manager`` at each scrape; label values only for the
+        models it serves."""
         self.registry.register(_StateCollector(manager))
+        self._known = manager.serves
+
+    def _histogram_labels(self, name: str, version: str) -> tuple[str, str]:
+        """Labels of a histogram series: the model's own for the first ``histogram_models``
+        models, ``_other`` (and no version) for the rest. Called only when a child is made."""
+        with self._detailed_lock:
+            if name not in self._detailed and len(self._detailed) < self._histogram_models:
+                self._detailed.add(name)
+            detailed = name in self._detailed
+        return (name, version) if detailed else (OTHER_MODELS, "")
 
     # Observer protocol -------------------------------------------------------------------
 
     def model_loaded(self, name: str, version: int, seconds: float, error: str | None) -> None:
         v = str(version)
         self.loads.labels(name, v, error or "OK").inc()
-        self.load_seconds.labels(name, v).observe(seconds)
+        self.load_seconds.labels(*self._histogram_labels(name, v)).observe(seconds)
 
     def request_done(
         self, name: str, version: str, method: str, seconds: float, error: str | None
     ) -> None:
         key = (name, version, method, error)
         children = self._done.get(key)
+        if children is None and not self._known(name):
+            # One series for every made-up name, and no cache entry per name.
+            key = (UNKNOWN_MODEL, "", method, error)
+            name, version = UNKNOWN_MODEL, ""
+            children = self._done.get(key)
         if children is None:
-            children = (
-                self.requests.labels(name, version, method, error or "OK"),
-                self.latency.labels(name, version, method) if error is None else None,
-            )
+            latency = None
+            if error is None:
+                latency = self.latency.labels(*self._histogram_labels(name, version), method)
+            children = (self.requests.labels(name, version, method, error or "OK"), latency)
             self._done[key] = children
         count, latency = children
         count.inc()
@@ -149,10 +189,11 @@ class Metrics:
     ) -> None:
         children = self._batches.get((name, version))
         if children is None:
+            labels = self._histogram_labels(name, version)
             children = (
-                self.batch_size.labels(name, version),
-                self.batch_requests.labels(name, version),
-                self.queue_seconds.labels(name, version),
+                self.batch_size.labels(*labels),
+                self.batch_requests.labels(*labels),
+                self.queue_seconds.labels(*labels),
             )
             self._batches[name, version] = children
         size, merged, queue = children
@@ -216,8 +257,9 @@ class _StateCollector(Collector):
                 if status.memory_bytes is not None:
                     measured = "true" if status.memory_measured else "false"
                     memory.add_metric([*labels, measured], status.memory_bytes)
-                queued = sum(b.statistics().queued for b in list(mv.batchers.values()))
-                depth.add_metric(labels, queued)
+                if mv.batchers:  # only versions with batch queues (loaded, batching on)
+                    queued = sum(b.statistics().queued for b in list(mv.batchers.values()))
+                    depth.add_metric(labels, queued)
         loaded.add_metric([], count)
         yield loaded
         yield state

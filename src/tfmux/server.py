@@ -39,6 +39,7 @@ def saved_model_loader(server: ServerConfig) -> ModelLoader:
     session = {
         "intra_op_threads": server.tf_intra_op_threads,
         "inter_op_threads": server.tf_inter_op_threads,
+        "share_graphs": server.share_graphs,
     }
 
     def load(config: ModelConfig, path: Path) -> LoadedModel:
@@ -98,9 +99,13 @@ class TfmuxServer:
         self._uses_tensorflow = loader is None
         loader = loader or saved_model_loader(config)
         self.runtime_report = ""
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.metrics_histogram_models)
         self.manager = ModelManager(
-            loader, config.max_concurrent_loads, self.metrics, config.memory_budget_bytes
+            loader,
+            config.max_concurrent_loads,
+            self.metrics,
+            config.memory_budget_bytes,
+            eviction_policy=config.eviction_policy,
         )
         self.poller = RepositoryPoller(self.manager, config.poll_interval_seconds)
         self.metrics.watch(self.manager)

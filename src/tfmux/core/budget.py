@@ -1,4 +1,4 @@
-"""Memory accounting and admission under a byte budget, with least-recently-used eviction."""
+"""Memory accounting and admission under a byte budget, with LRU or TinyLFU eviction."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from tfmux.core.eviction import POLICIES, EvictionPolicy, FrequencySketch, choose_victims
 from tfmux.core.lifecycle import ModelVersion, State
 from tfmux.core.memory import MemoryProbe, format_bytes, size_on_disk
-from tfmux.core.policy import Resident, eviction_victims
+from tfmux.core.policy import Resident
 from tfmux.errors import ErrorKind, ServingError
 
 CHARGED = (State.LOADING, State.AVAILABLE, State.UNLOADING)
@@ -31,8 +32,9 @@ class MemoryBudget:
     """Estimates, measures and admits model loads. Thread-safe.
 
     The estimate is the SavedModel's size on disk times a ratio learned from loads measured
-    alone (resident memory before and after, with free heap returned to the OS first). Loads
-    that overlap another load cannot be told apart, so they keep their estimate.
+    alone (resident memory before and after, with free heap returned to the OS first). Under a
+    limit every load is measured alone (``admit``); without one, loads run in parallel and
+    those that overlap another keep their estimate.
     """
 
     def __init__(
@@ -41,14 +43,34 @@ class MemoryBudget:
         probe: MemoryProbe,
         held: Callable[[], Iterable[Held]],
         ratio: float = 1.1,
+        policy: EvictionPolicy = "lru",
     ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown eviction policy {policy!r}; expected one of {POLICIES}")
         self.limit = limit
+        self.policy = policy
+        self._sketch = FrequencySketch()
         self._probe = probe
         self._held = held
         self._ratio = ratio
         self._lock = threading.Lock()
         self._loading = 0
         self._epoch = 0  # counts load starts; a measurement is alone if it saw only its own
+        self._window = threading.Lock()  # one load admitted and measured at a time (a limit)
+        self._window_holder: ModelVersion | None = None
+
+    def accessed(self, mv: ModelVersion) -> None:
+        """A request took ``mv``: count it for the frequency-aware policy (cheap; no-op
+        without a budget or under LRU, which reads ``last_used``)."""
+        if self.limit is not None and self.policy == "tinylfu":
+            key = (mv.name, mv.version)
+            with self._lock:
+                self._sketch.increment(key)
+
+    def frequency(self, key: tuple[str, int]) -> int:
+        """The estimated recent request count of a version (0 under LRU)."""
+        with self._lock:
+            return self._sketch.estimate(key)
 
     # -- before and after a load (load threads) --------------------------------------------
 
@@ -57,7 +79,27 @@ class MemoryBudget:
 
         Raises RESOURCE_EXHAUSTED when it cannot fit even after evicting everything evictable.
         Every successful ``admit`` is followed by ``loaded``.
+
+        Under a limit, loads are admitted and measured one at a time (the measurement window,
+        from before its evictions until ``loaded``): a load that overlapped another could not
+        be told apart from it and kept an estimate, which drifted from the real cost under
+        churn. Requests to loaded models do not wait for it; other loads do.
         """
+        if self.limit is not None:
+            self._window.acquire()
+            self._window_holder = mv
+        try:
+            self._admit(mv)
+        except BaseException:
+            self._close_window(mv)
+            raise
+
+    def _close_window(self, mv: ModelVersion) -> None:
+        if self._window_holder is mv:
+            self._window_holder = None
+            self._window.release()
+
+    def _admit(self, mv: ModelVersion) -> None:
         estimate = int(size_on_disk(mv.path) * self._ratio)
         while True:
             with self._lock:
@@ -91,7 +133,12 @@ class MemoryBudget:
             )
             for h in held
         ]
-        victims = eviction_victims(residents, mv.memory_estimate, self.limit)
+        frequency = (
+            {r.key: self._sketch.estimate(r.key) for r in residents if r.evictable}
+            if self.policy == "tinylfu"
+            else {}
+        )
+        victims = choose_victims(self.policy, residents, mv.memory_estimate, self.limit, frequency)
         if victims is None:
             raise self._too_big(mv, residents)
         claimed = [by_key[key] for key in victims if by_key[key].try_evict()]
@@ -114,7 +161,10 @@ class MemoryBudget:
         if mv.measuring is None:
             return  # never admitted: the load failed before admission ended
         (token, rss_before), mv.measuring = mv.measuring, None
-        rss_after = self._probe.rss() if ok else rss_before
+        try:
+            rss_after = self._probe.rss() if ok else rss_before
+        finally:
+            self._close_window(mv)
         with self._lock:
             alone = self._epoch == token and self._loading == 1
             self._loading -= 1

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tfmux.config import ModelConfig
 from tfmux.core.budget import Held, MemoryBudget
+from tfmux.core.eviction import EvictionPolicy
 from tfmux.core.lifecycle import Lease, ModelVersion, State
 from tfmux.core.memory import MemoryProbe, ProcessMemory
 from tfmux.core.observer import NullObserver, Observer
@@ -40,6 +41,7 @@ class ModelManager:
         memory_budget: int | None = None,
         probe: MemoryProbe | None = None,
         clock: Callable[[], float] = time.monotonic,
+        eviction_policy: EvictionPolicy = "lru",
     ) -> None:
         self._loader = loader
         self._observer = observer or NullObserver()
@@ -47,7 +49,9 @@ class ModelManager:
         self._lock = threading.Lock()
         self._models: dict[str, ServedModel] = {}
         self._load_pool = ThreadPoolExecutor(max_concurrent_loads, thread_name_prefix="tfmux-load")
-        self.budget = MemoryBudget(memory_budget, probe or ProcessMemory(), self._held)
+        self.budget = MemoryBudget(
+            memory_budget, probe or ProcessMemory(), self._held, policy=eviction_policy
+        )
         self.traffic = TrafficTable()
 
     # -- configuration -------------------------------------------------------------------
@@ -241,6 +245,11 @@ class ModelManager:
         with self._lock:
             return list(self._models.values())
 
+    def serves(self, name: str) -> bool:
+        """Whether ``name`` is a served model (metrics label only these)."""
+        with self._lock:
+            return name in self._models
+
     def get(self, name: str) -> ServedModel:
         with self._lock:
             served = self._models.get(name)
@@ -308,9 +317,11 @@ class ModelManager:
         if mv.state is not State.AVAILABLE:
             return None
         try:
-            return mv.acquire()
+            lease = mv.acquire()
         except ServingError:  # it stopped being available since resolve: let lease() decide
             return None
+        self.budget.accessed(mv)
+        return lease
 
     async def lease(self, ref: ModelRef) -> Lease:
         """A lease on the version a request names, loading it first if it is lazy, evicted,
@@ -324,8 +335,11 @@ class ModelManager:
             if mv.state in (State.START, State.LOADING):
                 await asyncio.wrap_future(mv.start_load(self._load_pool))
             try:
-                return mv.acquire()
+                lease = mv.acquire()
             except ServingError:
                 # Retry an eviction, or a swap that retired the version since it was resolved.
                 if (ended or not mv.evicted) and self.resolve(ref) is mv:
                     raise
+            else:
+                self.budget.accessed(mv)
+                return lease

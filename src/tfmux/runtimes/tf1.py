@@ -28,6 +28,7 @@ from tensorflow.python.client import pywrap_tf_session
 
 from tfmux.errors import failed_precondition, invalid_argument
 from tfmux.runtimes import collect_garbage
+from tfmux.runtimes.graph_cache import GRAPHS, SharedGraph
 from tfmux.runtimes.savedmodel import (
     SERVE_TAG,
     find_signature,
@@ -119,9 +120,23 @@ class TF1Model:
 
     runtime = "tf1"
 
-    def __init__(self, path: Path, config: tf.compat.v1.ConfigProto | None = None) -> None:
-        serve_meta_graph(path)  # clear ServingErrors for a missing or corrupt saved_model.pb
+    def __init__(
+        self,
+        path: Path,
+        config: tf.compat.v1.ConfigProto | None = None,
+        shared: SharedGraph | None = None,
+    ) -> None:
         self._path = path
+        self._shared = shared
+        if shared is not None:  # a graph imported once for every version that has it
+            self._graph = shared.graph
+            self._session = shared.open_session(path, config)
+            self._signatures = shared.signatures
+            self._plans = {}
+            self._lock = threading.Lock()
+            self._closed = False
+            return
+        serve_meta_graph(path)  # clear ServingErrors for a missing or corrupt saved_model.pb
         self._graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=self._graph, config=config)
         try:
@@ -134,7 +149,7 @@ class TF1Model:
             if isinstance(exc, tf.errors.OpError):
                 raise from_op_error(exc, f"Failed to load SavedModel at {path}: ") from exc
             raise
-        self._signatures = signature_specs(meta_graph)
+        self._signatures: Mapping[str, SignatureSpec] = signature_specs(meta_graph)
         self._plans: dict[_PlanKey, _Plan] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -183,7 +198,10 @@ class TF1Model:
         SavedModel whose functions capture variables its checkpoint does not cover (e.g. a
         Keras 3 model written by ``tf.saved_model.save`` rather than ``export``) loads without
         error and fails on every call. ``tf.saved_model.load`` restores by object instead.
+        A shared graph was checked statically when it was imported (graph_cache).
         """
+        if self._shared is not None:
+            return []
         ops = [
             self._graph.get_tensor_by_name(tensor.tensor_name).op
             for spec in self._signatures.values()
@@ -218,14 +236,17 @@ class TF1Model:
             self._plans.clear()  # releases the callables while the session is open
         self._session.close()
         del self._graph
+        if self._shared is not None:
+            GRAPHS.release(self._shared)
         collect_garbage()
 
 
 class TF1Runtime:
     """Loads SavedModels the TF1 way (``tf.compat.v1.saved_model.loader.load``).
 
-    Sessions get the ConfigProto TensorFlow gives any v1 Session in a TF2 process (the
-    process-wide thread and GPU settings, soft device placement, so a model saved with
+    ``share_graphs``: see ``load``. Sessions get the ConfigProto TensorFlow gives any v1
+    Session in a TF2 process (the process-wide thread and GPU settings, soft device
+    placement, so a model saved with
     variables pinned to a GPU still loads on a CPU-only host), with ``intra_op_threads`` /
     ``inter_op_threads`` put in when given. Sessions share TensorFlow's process-wide thread
     pools, so these counts take effect when the first session creates them.
@@ -234,8 +255,12 @@ class TF1Runtime:
     name = "tf1"
 
     def __init__(
-        self, intra_op_threads: int | None = None, inter_op_threads: int | None = None
+        self,
+        intra_op_threads: int | None = None,
+        inter_op_threads: int | None = None,
+        share_graphs: bool = True,
     ) -> None:
+        self._share_graphs = share_graphs
         self._config: tf.compat.v1.ConfigProto | None = None
         if intra_op_threads is not None or inter_op_threads is not None:
             from tensorflow.python.eager import context
@@ -247,4 +272,20 @@ class TF1Runtime:
                 self._config.inter_op_parallelism_threads = inter_op_threads
 
     def load(self, path: Path) -> TF1Model:
-        return TF1Model(path, self._config)
+        """With ``share_graphs`` (the default) versions with the same graph share it
+        (graph_cache); without, every version goes through TensorFlow's v1 loader."""
+        shared = load_shared(path, self._config) if self._share_graphs else None
+        return shared or TF1Model(path, self._config)
+
+
+def load_shared(path: Path, config: tf.compat.v1.ConfigProto | None) -> TF1Model | None:
+    """The version at ``path`` on a shared graph (graph_cache), or None when its graph cannot
+    be shared (then it loads with TensorFlow's v1 loader)."""
+    shared = GRAPHS.acquire(path, serve_meta_graph(path))
+    if shared is None:
+        return None
+    try:
+        return TF1Model(path, config, shared)
+    except BaseException:
+        GRAPHS.release(shared)
+        raise

@@ -1,0 +1,297 @@
+"""Shared graphs: versions with the same graph (same architecture, other weights) import it once.
+
+Profiled on a 4 MiB TF2 SavedModel, TensorFlow's v1 loader spends its ~30 ms on importing the
+graph, then instantiating the SavedModel's restore *function* in the new session (the
+checkpoint read itself is ~1 ms), then running the init op; tfmux then spent another ~18 ms
+checking in a session run that every variable the signatures read was restored. Here:
+
+- versions are keyed by their graph (``graph_key``: a hash of the MetaGraphDef's bytes with
+  TF2 function-name counters masked); versions with equal hashes share one
+  finalized ``tf.Graph`` (imported once, kept while any version uses it and for a bounded while
+  after), and every version still gets its **own Session**, so its own variables: sessions on
+  one graph share nothing but the graph's definition (TensorFlow keeps resources per session);
+- a TF2 restore function made only of ``RestoreV2`` into ``AssignVariableOp`` is read once per
+  graph into a map (checkpoint key -> variable) and rebuilt as plain graph ops (one
+  ``RestoreV2`` into every ``AssignVariableOp``, fed the checkpoint prefix): a load runs it
+  once, with no function to instantiate, and the restored-variables check is answered from
+  the same map, statically;
+- an init op that is a plain ``NoOp`` (TF2's usual ``__saved_model_init_op``) is not run.
+
+Graphs this cannot map exactly (other ops in the restore function, variables the signatures
+read that the checkpoint does not cover, TF2 graphs without a restore function) are not
+shared: they load as before (``shareable`` returns None). TF1 graph-only SavedModels are shared
+and restored through their own graph-level saver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.python.framework import tensor_util
+from tensorflow.python.saved_model import loader_impl
+
+from tfmux.errors import ServingError, internal
+from tfmux.runtimes.savedmodel import (
+    INIT_OP_SIGNATURE,
+    SERVE_TAG,
+    from_op_error,
+    meta_graph_kind,
+    signature_specs,
+)
+from tfmux.types import SignatureSpec
+
+_RESTORE_OPS = {"RestoreV2", "Const", "Identity", "AssignVariableOp", "NoOp"}
+_INIT_COLLECTIONS = ("saved_model_main_op", "legacy_init_op")
+IDLE_GRAPHS = 64  # graphs kept after their last version unloads (reloads skip the import)
+IDLE_BYTES = 64 * 1024 * 1024  # ... up to this many bytes of graph definitions
+
+
+@dataclass
+class SharedGraph:
+    """One imported, finalized graph and how to give a fresh session its variables."""
+
+    key: str
+    graph: tf.Graph
+    signatures: dict[str, SignatureSpec]
+    size: int  # bytes of the MetaGraphDef
+    saver: Any = None  # graph-level saver (TF1 graphs)
+    prefix_feed: str = ""  # the checkpoint prefix placeholder of ``assign_op``
+    assign_op: str = ""  # reads the checkpoint into every variable (RestoreV2 -> assigns)
+    run_init: bool = False
+    users: int = 0
+
+    def open_session(self, path: Path, config: Any) -> Any:
+        """A new session on the graph with the variables of the SavedModel at ``path``."""
+        session = tf.compat.v1.Session(graph=self.graph, config=config)
+        try:
+            self._restore(session, path)
+        except BaseException as exc:
+            session.close()
+            if isinstance(exc, tf.errors.OpError):
+                raise from_op_error(exc, f"Failed to load SavedModel at {path}: ") from exc
+            if isinstance(exc, ServingError):
+                raise
+            raise internal(f"Failed to load SavedModel at {path}: {exc}") from exc
+        return session
+
+    def _restore(self, session: Any, path: Path) -> None:
+        prefix = str(path / "variables" / "variables")
+        if self.assign_op:
+            session.run(self.assign_op, feed_dict={self.prefix_feed: prefix})
+        elif self.saver is not None:
+            with self.graph.as_default():
+                self.saver.restore(session, prefix)
+        if self.run_init:
+            with self.graph.as_default():
+                loader_impl.SavedModelLoader(str(path)).run_init_ops(session, [SERVE_TAG])
+
+
+class GraphCache:
+    """Shared graphs by MetaGraphDef hash: in use, plus a bounded set of idle ones. Thread-safe."""
+
+    def __init__(self, idle_graphs: int = IDLE_GRAPHS, idle_bytes: int = IDLE_BYTES) -> None:
+        self._lock = threading.Lock()
+        self._graphs: dict[str, SharedGraph] = {}
+        self._idle: OrderedDict[str, SharedGraph] = OrderedDict()
+        self._idle_graphs = idle_graphs
+        self._idle_bytes = idle_bytes
+        self.imports = 0  # graphs imported (tests and the benchmark read it)
+
+    def acquire(self, path: Path, meta_graph: meta_graph_pb2.MetaGraphDef) -> SharedGraph | None:
+        """The shared graph for ``meta_graph`` (imported now if new), with one more user; None
+        when the graph cannot be shared (the caller loads it the usual way)."""
+        key = graph_key(meta_graph)
+        with self._lock:  # imports are rare and ~10 ms: one at a time keeps it simple
+            shared = self._graphs.get(key) or self._idle.pop(key, None)
+            if shared is None:
+                shared = _import(key, path, meta_graph, meta_graph.ByteSize())
+                if shared is None:
+                    return None
+                self.imports += 1
+            self._graphs[key] = shared
+            shared.users += 1
+            return shared
+
+    def release(self, shared: SharedGraph) -> None:
+        """A version using ``shared`` closed; the graph is kept idle for a while."""
+        with self._lock:
+            shared.users -= 1
+            if shared.users > 0 or self._graphs.get(shared.key) is not shared:
+                return
+            del self._graphs[shared.key]
+            if shared.size <= self._idle_bytes:
+                self._idle[shared.key] = shared
+            while len(self._idle) > self._idle_graphs or (
+                sum(g.size for g in self._idle.values()) > self._idle_bytes
+            ):
+                self._idle.popitem(last=False)
+
+    def clear_idle(self) -> None:
+        with self._lock:
+            self._idle.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._graphs) + len(self._idle)
+
+
+GRAPHS = GraphCache()
+# TF2 function names end in a process-wide counter (``__inference_serve_12``).
+_FUNCTION_NAME = re.compile(rb"(__inference_[A-Za-z0-9_]*?_)([0-9]+)")
+
+
+def _mask(match: re.Match[bytes]) -> bytes:
+    return match.group(1) + b"#" * len(match.group(2))
+
+
+def graph_key(meta_graph: meta_graph_pb2.MetaGraphDef) -> str:
+    """SHA-256 of the MetaGraphDef's bytes with the counters of its TF2 function names masked
+    (``__inference_serve_12`` -> ``__inference_serve_##``, same length, so the bytes stay a
+    valid encoding of the renamed graph), so the same model code saved again with other
+    weights shares the key. Masking is one-to-one or not done: when two names of the graph
+    would become one, the exact bytes are hashed.
+
+    (TensorFlow's own fingerprint, ``fingerprint.pb``, is not used: its graph hash left out
+    constants inside functions, so ``x * 1.0`` and ``x * 3.0`` models had the same one.)
+    """
+    data = meta_graph.SerializeToString(deterministic=True)
+    functions = {f.signature.name.encode() for f in meta_graph.graph_def.library.function}
+    names = {m.group() for m in _FUNCTION_NAME.finditer(data) if m.group() in functions}
+    masked = {_FUNCTION_NAME.sub(_mask, name) for name in names}
+    if len(masked) == len(names):  # only names of the graph's own functions are masked
+        data = _FUNCTION_NAME.sub(lambda m: _mask(m) if m.group() in names else m.group(), data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _import(
+    key: str, path: Path, meta_graph: meta_graph_pb2.MetaGraphDef, size: int
+) -> SharedGraph | None:
+    tf2 = meta_graph_kind(meta_graph) == "tf2"
+    assigns = _restore_map(meta_graph) if tf2 else None
+    if tf2 and (assigns is None or _unrestored(meta_graph, assigns)):
+        return None
+    graph = tf.Graph()
+    with graph.as_default():
+        loader = loader_impl.SavedModelLoader(str(path))
+        saver, _ = loader.load_graph(graph, [SERVE_TAG])
+        shared = SharedGraph(key, graph, signature_specs(meta_graph), size, saver=saver)
+        if assigns:
+            shared.saver = None
+            prefix = tf.compat.v1.placeholder(tf.string, [], name="tfmux_restore/prefix")
+            values = tf.raw_ops.RestoreV2(
+                prefix=prefix,
+                tensor_names=[key for key, _, _ in assigns],
+                shape_and_slices=[""] * len(assigns),
+                dtypes=[dtype for _, _, dtype in assigns],
+                name="tfmux_restore/read",
+            )
+            ops = [
+                tf.raw_ops.AssignVariableOp(
+                    resource=graph.get_operation_by_name(variable).outputs[0], value=value
+                )
+                for (_, variable, _), value in zip(assigns, values, strict=True)
+            ]
+            shared.prefix_feed = prefix.name
+            shared.assign_op = tf.group(*ops, name="tfmux_restore/all").name
+    shared.run_init = _needs_init(meta_graph)
+    graph.finalize()  # nothing adds ops to a graph sessions share
+    return shared
+
+
+def _restore_map(meta_graph: meta_graph_pb2.MetaGraphDef) -> list[tuple[str, str, Any]] | None:
+    """(checkpoint key, variable op name, dtype) for every variable the SavedModel's restore
+    function assigns; None unless that function is RestoreV2 -> AssignVariableOp only."""
+    restore = meta_graph.saver_def.restore_op_name
+    call = next((n for n in meta_graph.graph_def.node if n.name == restore), None)
+    if call is None or call.op not in ("StatefulPartitionedCall", "PartitionedCall"):
+        return None
+    functions = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+    body = functions.get(call.attr["f"].func.name)
+    if body is None or any(n.op not in _RESTORE_OPS for n in body.node_def):
+        return None
+    outer = [name for name in call.input if not name.startswith("^")]
+    args = {arg.name: outer[i] for i, arg in enumerate(body.signature.input_arg)}
+    nodes = {n.name: n for n in body.node_def}
+    names: dict[str, list[str]] = {}
+    for node in body.node_def:
+        if node.op == "RestoreV2":
+            const = nodes.get(node.input[1].split(":")[0])
+            if const is None or const.op != "Const":
+                return None
+            values = tensor_util.MakeNdarray(const.attr["value"].tensor)
+            names[node.name] = [v.decode() for v in values.reshape(-1)]
+    result = []
+    for node in body.node_def:
+        if node.op != "AssignVariableOp":
+            continue
+        variable = args.get(node.input[0])
+        source = _through_identities(nodes, node.input[1])
+        if variable is None or source is None or source[0] not in names:
+            return None
+        restored, index = source
+        result.append((names[restored][index], variable.split(":")[0], node.attr["dtype"].type))
+    return result
+
+
+def _through_identities(nodes: Mapping[str, Any], ref: str) -> tuple[str, int] | None:
+    """Follow ``Identity`` nodes from a function-body tensor reference to ``(RestoreV2 node,
+    output index)``."""
+    for _ in range(len(nodes) + 1):
+        parts = ref.split(":")
+        node = nodes.get(parts[0])
+        if node is None:
+            return None
+        if node.op == "RestoreV2" and len(parts) == 3:
+            return node.name, int(parts[2])
+        if node.op != "Identity":
+            return None
+        ref = node.input[0]
+    return None
+
+
+def _unrestored(meta_graph: meta_graph_pb2.MetaGraphDef, assigns: list[Any]) -> bool:
+    """Whether a signature reads a variable the checkpoint does not restore."""
+    nodes = {n.name: n for n in meta_graph.graph_def.node}
+    restored = {variable for _, variable, _ in assigns}
+    stack = [
+        info.name.split(":")[0]
+        for name, sig in meta_graph.signature_def.items()
+        if name != INIT_OP_SIGNATURE
+        for info in sig.outputs.values()
+    ]
+    seen: set[str] = set()
+    while stack:
+        name = stack.pop().lstrip("^").split(":")[0]
+        if name in seen or name not in nodes:
+            continue
+        seen.add(name)
+        node = nodes[name]
+        if node.op == "VarHandleOp" and name not in restored:
+            return True
+        stack.extend(node.input)
+    return False
+
+
+def _needs_init(meta_graph: meta_graph_pb2.MetaGraphDef) -> bool:
+    """Whether the SavedModel has an init op that does something (not a lone NoOp)."""
+    collections = meta_graph.collection_def
+    if any(c in collections and collections[c].node_list.value for c in _INIT_COLLECTIONS):
+        return True
+    init = meta_graph.signature_def.get(INIT_OP_SIGNATURE)
+    if init is None:
+        return False
+    nodes = {n.name: n for n in meta_graph.graph_def.node}
+    for info in init.outputs.values():
+        node = nodes.get(info.name.split(":")[0])
+        if node is None or node.op != "NoOp" or node.input:
+            return True
+    return False
