@@ -176,6 +176,10 @@ class ServerConfig(BaseModel):
     inference_threads: int = Field(default=4, ge=1)
     max_concurrent_loads: int = Field(default=2, ge=1)
     request_timeout_ms: int | None = Field(default=None, gt=0)
+    # Longest a model call may run: its callers get DEADLINE_EXCEEDED then, and the session
+    # runtime's run timeout (the smaller of this and request_timeout_ms) frees its thread.
+    max_run_time_ms: int = Field(default=60_000, gt=0)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)  # SIGTERM to exit, at most
     memory_budget_bytes: int | None = Field(default=None, gt=0)
     poll_interval_seconds: float = Field(default=0.0, ge=0)
     management: bool = True

@@ -26,7 +26,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.client import pywrap_tf_session
 
-from tfmux.errors import failed_precondition, invalid_argument
+from tfmux.errors import ErrorKind, ServingError, failed_precondition, invalid_argument
 from tfmux.runtimes import collect_garbage
 from tfmux.runtimes.savedmodel import (
     SERVE_TAG,
@@ -50,7 +50,12 @@ class _Plan:
     __slots__ = ("_callable", "_casts", "_feed_picks", "_outputs", "_run", "_sources")
 
     def __init__(
-        self, session: Any, spec: SignatureSpec, aliases: tuple[str, ...], outputs: tuple[str, ...]
+        self,
+        session: Any,
+        spec: SignatureSpec,
+        aliases: tuple[str, ...],
+        outputs: tuple[str, ...],
+        timeout_ms: int = 0,
     ) -> None:
         unknown = [alias for alias in aliases if alias not in spec.inputs]
         if unknown:
@@ -83,7 +88,11 @@ class _Plan:
         if len(fetches) == len(outputs):
             self._sources = None
         self._outputs = outputs
-        options = config_pb2.CallableOptions(feed=list(feeds), fetch=fetches)
+        # A callable takes no per-call options: its run timeout is fixed when it is made.
+        run_options = config_pb2.RunOptions(timeout_in_ms=timeout_ms)
+        options = config_pb2.CallableOptions(
+            feed=list(feeds), fetch=fetches, run_options=run_options
+        )
         self._callable = self._run = None
         if fetches:  # a callable must fetch something
             # The callable object releases its C++ handle when dropped; calls skip its Python
@@ -119,9 +128,15 @@ class TF1Model:
 
     runtime = "tf1"
 
-    def __init__(self, path: Path, config: tf.compat.v1.ConfigProto | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        config: tf.compat.v1.ConfigProto | None = None,
+        run_timeout_ms: int = 0,
+    ) -> None:
         serve_meta_graph(path)  # clear ServingErrors for a missing or corrupt saved_model.pb
         self._path = path
+        self._run_timeout_ms = run_timeout_ms  # 0: none
         self._graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=self._graph, config=config)
         try:
@@ -161,6 +176,14 @@ class TF1Model:
             if plan is None:
                 plan = self._make_plan(key)
             return plan(inputs)
+        except tf.errors.DeadlineExceededError as exc:
+            if not self._run_timeout_ms:
+                raise model_failure(exc) from exc
+            seconds = self._run_timeout_ms / 1000
+            raise ServingError(
+                ErrorKind.DEADLINE_EXCEEDED,
+                f"the model did not answer within the maximum run time ({seconds:g} s)",
+            ) from exc
         except tf.errors.OpError as exc:
             raise model_failure(exc) from exc
 
@@ -173,7 +196,9 @@ class TF1Model:
                 raise failed_precondition(f"The model at {self._path} is closed")
             plan = self._plans.get(key)
             if plan is None:
-                plan = self._plans[key] = _Plan(self._session, spec, aliases, outputs)
+                plan = self._plans[key] = _Plan(
+                    self._session, spec, aliases, outputs, self._run_timeout_ms
+                )
             return plan
 
     def uninitialized_variables(self) -> list[str]:
@@ -234,8 +259,14 @@ class TF1Runtime:
     name = "tf1"
 
     def __init__(
-        self, intra_op_threads: int | None = None, inter_op_threads: int | None = None
+        self,
+        intra_op_threads: int | None = None,
+        inter_op_threads: int | None = None,
+        run_timeout_ms: int | None = None,
     ) -> None:
+        # Each call's RunOptions.timeout_in_ms: TensorFlow cancels a call running longer (a
+        # blocked queue op, say) and frees its thread; None or 0: no limit.
+        self._run_timeout_ms = run_timeout_ms or 0
         self._config: tf.compat.v1.ConfigProto | None = None
         if intra_op_threads is not None or inter_op_threads is not None:
             from tensorflow.python.eager import context
@@ -247,4 +278,4 @@ class TF1Runtime:
                 self._config.inter_op_parallelism_threads = inter_op_threads
 
     def load(self, path: Path) -> TF1Model:
-        return TF1Model(path, self._config)
+        return TF1Model(path, self._config, self._run_timeout_ms)
