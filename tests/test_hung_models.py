@@ -238,5 +238,9 @@ def test_sigterm_stops_a_real_server_within_the_grace_period_with_a_hung_call(
         stderr = proc.stderr.read() if proc.stderr else ""
     assert code == 0, stderr
     asker.join(30)
-    assert outcome and not asker.is_alive()  # the client got an answer or a closed connection
+    assert not asker.is_alive()
+    (response,) = outcome  # answered when the grace period ended, not dropped
+    assert isinstance(response, httpx.Response), response
+    assert response.status_code == 503, response.text
+    assert "shutting down" in response.json()["error"]
     print(f"SIGTERM to exit with a hung call in flight: {took:.2f} s (grace {grace} s)")

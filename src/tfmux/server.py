@@ -196,17 +196,26 @@ class TfmuxServer:
         everything ended cleanly (no thread left in model code or a load)."""
         grace = self.config.shutdown_grace_seconds
         deadline = time.monotonic() + grace
-        # Requests get the grace period less a reserve (up to 1 s) for closing the models.
-        drain = grace - min(1.0, grace / 2)
+        # Requests get the grace period less a reserve (up to 1 s): then those still queued or
+        # running are answered UNAVAILABLE, the front ends send that, and models are closed.
+        reserve = min(1.0, grace / 2)
+        drain = grace - reserve
         await self.poller.stop()
         if self._http is not None and self._http_task is not None:
-            self._http.config.timeout_graceful_shutdown = max(drain, 0.001)
+            self._http.config.timeout_graceful_shutdown = max(drain + reserve / 2, 0.001)
             self._http.should_exit = True
-        stopping = [self._http_task] if self._http_task is not None else []
+        stopping: list[asyncio.Future[None]] = []
+        if self._http_task is not None:
+            stopping.append(self._http_task)
         if self._grpc is not None:
-            stopping.append(asyncio.ensure_future(self._grpc.stop(grace=drain)))
-        for stopped in stopping:
-            await stopped  # both front ends drain at once, each within the grace period
+            stopping.append(asyncio.ensure_future(self._grpc.stop(grace=drain + reserve / 2)))
+        if stopping:  # both front ends drain at once
+            _, pending = await asyncio.wait(stopping, timeout=drain)
+            if pending:
+                self.service.abandon_requests()
+                await asyncio.wait(pending)
+            for stopped in stopping:
+                stopped.result()
         await self.service.stop_shadows()
         left = max(deadline - time.monotonic(), 0.0)
         clean = await asyncio.get_running_loop().run_in_executor(None, self.service.close, left)

@@ -152,7 +152,7 @@ class Batcher:
         self._observer = observer or BatchObserver()
         self._clock = clock
         self._queue: deque[_Item] = deque()
-        self._inflight: set[asyncio.Future[Any]] = set()
+        self._inflight: dict[asyncio.Future[Any], list[_Item]] = {}  # running calls
         self.limit = limit or InflightLimit(options.max_inflight_batches)
         self._hold = hold
         self._timer: asyncio.TimerHandle | None = None
@@ -216,6 +216,17 @@ class Batcher:
         """Wait until every batch already running has finished."""
         while self._inflight:
             await asyncio.wait(set(self._inflight))
+
+    def abandon(self, error: ServingError) -> None:
+        """Answer every queued and running request with ``error`` (shutdown); running calls
+        keep their slots until they return."""
+        for item in self._queue:
+            if item.state == _QUEUED:
+                _settle(item, exception=ServingError(error.kind, error.message))
+        for batch in self._inflight.values():
+            for item in batch:
+                if item.state == _RUNNING:
+                    _settle(item, exception=ServingError(error.kind, error.message))
 
     def _key(self, inputs: Tensors) -> tuple[Any, int]:
         """(merge key, rows): requests merge only with equal keys; None never merges."""
@@ -361,7 +372,7 @@ class Batcher:
                 _settle(item, exception=unavailable("the server is shutting down"))
             return
         self.limit.running += 1
-        self._inflight.add(future)
+        self._inflight[future] = batch
         max_run = self.options.max_run_time
         overrun = None if max_run is None else loop.call_later(max_run, self._overrun, batch)
         future.add_done_callback(lambda done: self._finish(done, batch, overrun))
@@ -389,7 +400,7 @@ class Batcher:
         batch: list[_Item],
         overrun: asyncio.TimerHandle | None,
     ) -> None:
-        self._inflight.discard(done)
+        self._inflight.pop(done, None)
         if overrun is not None:
             overrun.cancel()
         try:

@@ -163,6 +163,15 @@ class ServingService:
                 pool.shutdown(wait=True)
         return clean
 
+    def abandon_requests(self) -> None:
+        """Answer every request still queued or running UNAVAILABLE (the grace period of a
+        shutdown is over), so front ends can send that answer before they close."""
+        error = ServingError(ErrorKind.UNAVAILABLE, "the server is shutting down")
+        for served in self.manager.models():
+            for mv in list(served.versions.values()):
+                for batcher in list(mv.batchers.values()):
+                    batcher.abandon(error)
+
     async def _manage(self, call: Callable[..., object], *args: object) -> None:
         await asyncio.get_running_loop().run_in_executor(self._manage_pool, call, *args)
 
