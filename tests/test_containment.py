@@ -290,3 +290,27 @@ def test_after_close_loads_refreshes_and_management_are_refused(
         await poller.stop()
 
     asyncio.run(asyncio.wait_for(poll(), GATE_TIMEOUT))
+
+
+def test_abandon_answers_queued_and_running_requests_unavailable(
+    make_rig: Callable[..., Rig],
+) -> None:
+    loader, gate = gated_models()
+    rig = make_rig(loader, batching=BatchingConfig(max_inflight_batches=1))
+    rig.add("m")
+    model = loader.model(rig.root / "m" / "1")
+
+    async def main() -> list[object]:
+        running = asyncio.ensure_future(rig.infer("m"))
+        await asyncio.to_thread(model.run_started.wait, GATE_TIMEOUT)
+        queued = asyncio.ensure_future(rig.infer("m", output_names=["z"]))
+        await asyncio.sleep(0.01)
+        rig.service.abandon_requests()  # a shutdown's grace period is over
+        answers = await asyncio.gather(running, queued, return_exceptions=True)
+        gate.set()
+        return answers
+
+    answers = asyncio.run(asyncio.wait_for(main(), GATE_TIMEOUT))
+    assert [error_of(a) for a in answers] == [ErrorKind.UNAVAILABLE] * 2
+    assert all("shutting down" in str(a) for a in answers)
+    assert len(model.calls) == 1  # the queued request never ran
