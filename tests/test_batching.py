@@ -616,21 +616,28 @@ def test_a_deadline_expires_while_the_model_stays_busy(make_rig: Callable[..., R
     assert rig.stats().expired == 1
 
 
-def test_a_deadline_passing_while_the_request_runs_still_gets_its_answer(
+def test_a_deadline_passing_while_the_request_runs_is_answered_then_and_keeps_the_slot(
     make_rig: Callable[..., Rig],
 ) -> None:
+    """A model call that does not return by the deadline: its caller hears DEADLINE_EXCEEDED
+    at the deadline, and the call keeps the in-flight slot until it returns."""
     rig = make_rig()
-    x = rows_of(2)
+    x, later = rows_of(2), rows_of(1, start=50.0)
 
     async def main() -> Arrays:
         task = rig.submit(x, deadline=rig.clock() + 0.005)
         await rig.started(1)
-        await asyncio.sleep(0.02)  # the wait for the deadline ends while the model runs
-        rig.clock.advance(1)
-        rig.run.open()
-        return await task
+        with pytest.raises(ServingError) as info:
+            await task  # answered while the model still runs
+        assert info.value.kind is ErrorKind.DEADLINE_EXCEEDED
+        assert "while the model was running" in info.value.message
+        waiting = rig.submit(later)
+        await asyncio.sleep(0.02)
+        assert len(rig.run.calls) == 1 and rig.stats().inflight_batches == 1
+        rig.run.open()  # the hung call returns: the slot is free for the next request
+        return await waiting
 
-    assert_own_rows(drive(main()), x)
+    assert_own_rows(drive(main()), later)
     assert rig.stats().expired == 0 and rig.events.dropped == []
 
 
@@ -1080,9 +1087,10 @@ def test_service_batches_concurrent_requests_end_to_end(
         first = stack.infer("m", xs[0])
         await until(model.run_started.is_set, "the first run")
         rest = [stack.infer("m", x) for x in xs[1:]]
-        # Another output selection has a batcher of its own, idle, so it runs at once.
+        # Another output selection has a batcher of its own, but shares the version's
+        # in-flight limit: it waits for a free slot, after the batcher that waited first.
         other = stack.infer("m", z_only, output_names=["z"])
-        await until(lambda: queued(stack, "m") == 3 and len(model.calls) == 2, "3 queued")
+        await until(lambda: queued(stack, "m") == 4 and len(model.calls) == 1, "4 queued")
         stack.gate.set()
         return list(await asyncio.gather(first, *rest)), await other
 
@@ -1092,9 +1100,9 @@ def test_service_batches_concurrent_requests_end_to_end(
         assert list(result.outputs) == ["y", "z"]
     np.testing.assert_array_equal(other.outputs["z"], z_only * 2)
     assert list(other.outputs) == ["z"]
-    assert call_rows(model) == [1, 1, 6]
+    assert call_rows(model) == [1, 6, 1]
     assert set(stack.batchers("m")) == {("serving_default", None), ("serving_default", ("z",))}
-    assert stack.observer.batches == [("m", "1", 1, 1), ("m", "1", 1, 1), ("m", "1", 6, 3)]
+    assert stack.observer.batches == [("m", "1", 1, 1), ("m", "1", 6, 3), ("m", "1", 1, 1)]
 
 
 def test_a_models_own_batching_config_wins_over_the_server_default(
@@ -1119,7 +1127,7 @@ def test_a_models_own_batching_config_wins_over_the_server_default(
     assert [b.options.max_batch_size for b in stack.batchers("default").values()] == [2]
 
 
-def test_batching_disabled_for_a_model_goes_straight_to_the_pool(
+def test_batching_disabled_for_a_model_runs_each_request_alone_up_to_half_the_pool(
     make_stack: Callable[..., Stack],
 ) -> None:
     stack = make_stack(BatchingConfig(max_inflight_batches=1))
@@ -1128,16 +1136,18 @@ def test_batching_disabled_for_a_model_goes_straight_to_the_pool(
 
     async def main() -> list[InferenceResult]:
         tasks = [stack.infer("m", x) for x in xs]
-        # All three run at once in the pool's threads: nothing queues behind a batch.
-        await until(lambda: len(model.calls) == 3, "3 concurrent runs")
+        # Two run at once (half the 4 inference threads), never merged; the third waits.
+        await until(lambda: len(model.calls) == 2 and queued(stack, "m") == 1, "2 runs")
+        await asyncio.sleep(0.02)
+        assert len(model.calls) == 2
         stack.gate.set()
         return list(await asyncio.gather(*tasks))
 
     for result, x in zip(drive(main()), xs, strict=True):
         np.testing.assert_array_equal(result.outputs["y"], x * 2)
     assert call_rows(model) == [1, 1, 1]
-    assert stack.batchers("m") == {}
-    assert stack.observer.batches == []
+    assert [b.limit.limit for b in stack.batchers("m").values()] == [2]
+    assert stack.observer.batches == [("m", "1", 1, 1)] * 3
 
 
 @pytest.mark.parametrize("enabled", [True, False])

@@ -46,6 +46,7 @@ def test_batching_example_parses(tmp_path: Path) -> None:
     server, models = load_yaml_config(path, "eager")
     config = ServerConfig(**server, models=models)
     assert config.request_timeout_ms == 2000
+    assert config.max_run_time_ms == 10000
     assert config.batching.max_batch_size == 32
     ranker, tiny = config.models
     assert ranker.batching is not None and ranker.batching.allowed_batch_sizes == (8, 16, 32, 64)

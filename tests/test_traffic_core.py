@@ -496,7 +496,8 @@ def test_concurrent_requests_never_see_a_half_updated_split(
 ) -> None:
     stack = make_stack()
     labels, traffic = CONSISTENT[0]
-    # Each reader thread runs its own event loop; batchers belong to one loop, so no batching.
+    # Four readers on one event loop (batchers, unbatched ones too, belong to one loop) race a
+    # writer thread.
     stack.add("m", labels=labels, traffic=traffic, batching={"enabled": False})
     done = threading.Event()
     seen: Counter[tuple[str, int | str]] = Counter()
@@ -519,7 +520,10 @@ def test_concurrent_requests_never_see_a_half_updated_split(
             stack.service.set_traffic("m", *CONSISTENT[swaps % len(CONSISTENT)])
             swaps += 1
 
-    readers = [threading.Thread(target=asyncio.run, args=(requests(),)) for _ in range(4)]
+    async def four_readers() -> None:
+        await asyncio.gather(*(requests() for _ in range(4)))
+
+    readers = [threading.Thread(target=asyncio.run, args=(four_readers(),))]
     writer = threading.Thread(target=swap)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-5)  # interleave threads finely

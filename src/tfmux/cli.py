@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,20 @@ def main() -> None:
     type=int,
     default=None,
     help="Default deadline of a request; queued requests past it get DEADLINE_EXCEEDED / 504.",
+)
+@click.option(
+    "--max-run-time-ms",
+    type=int,
+    default=None,
+    help="Longest a model call may run before its requests get DEADLINE_EXCEEDED / 504 and "
+    "TensorFlow cancels it.  [default: 60000]",
+)
+@click.option(
+    "--shutdown-grace",
+    "shutdown_grace_seconds",
+    type=float,
+    default=None,
+    help="Seconds SIGTERM waits for in-flight requests before abandoning them.  [default: 30]",
 )
 @click.option(
     "--batching/--no-batching",
@@ -261,6 +277,25 @@ def serve(
     except OSError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    _exit_without_stuck_threads()
+
+
+def _exit_without_stuck_threads() -> None:
+    """After shutdown, threads still in model code TensorFlow could not cancel (or in a load)
+    would keep the interpreter from exiting: exit without waiting for them."""
+    others = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    deadline = time.monotonic() + 1.0  # idle pool threads are ending on their own
+    for thread in others:
+        thread.join(max(deadline - time.monotonic(), 0.0))
+    stuck = [t.name for t in others if t.is_alive()]
+    if stuck:
+        logging.getLogger("tfmux").warning(
+            "exiting with %d thread(s) still running model code: %s", len(stuck), stuck
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _serve_on_ray(config: Any, address: str, replicas: int | None) -> None:

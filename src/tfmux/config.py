@@ -176,6 +176,10 @@ class ServerConfig(BaseModel):
     inference_threads: int = Field(default=4, ge=1)
     max_concurrent_loads: int = Field(default=2, ge=1)
     request_timeout_ms: int | None = Field(default=None, gt=0)
+    # Longest a model call may run: its callers get DEADLINE_EXCEEDED then, and the session
+    # runtime's run timeout (the smaller of this and request_timeout_ms) frees its thread.
+    max_run_time_ms: int = Field(default=60_000, gt=0)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)  # SIGTERM to exit, at most
     memory_budget_bytes: int | None = Field(default=None, gt=0)
     eviction_policy: Literal["lru", "tinylfu"] = "tinylfu"  # which idle version makes room
     metrics_histogram_models: int = Field(default=32, ge=0)  # models with own histograms

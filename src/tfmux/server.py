@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 import socket
+import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 
@@ -30,7 +31,6 @@ from tfmux.transports.v2_grpc import KServeGrpc
 from tfmux.transports.v2_rest import KServeRest
 
 log = logging.getLogger("tfmux")
-GRACE_SECONDS = 30  # how long shutdown waits for in-flight requests
 
 
 def saved_model_loader(server: ServerConfig) -> ModelLoader:
@@ -40,6 +40,7 @@ def saved_model_loader(server: ServerConfig) -> ModelLoader:
         "intra_op_threads": server.tf_intra_op_threads,
         "inter_op_threads": server.tf_inter_op_threads,
         "share_graphs": server.share_graphs,
+        "run_timeout_ms": run_timeout_ms(server),
     }
 
     def load(config: ModelConfig, path: Path) -> LoadedModel:
@@ -55,6 +56,11 @@ def saved_model_loader(server: ServerConfig) -> ModelLoader:
         return model
 
     return load
+
+
+def run_timeout_ms(server: ServerConfig) -> int:
+    """TensorFlow's timeout for one session call: past it no request can use the answer."""
+    return min(server.max_run_time_ms, server.request_timeout_ms or server.max_run_time_ms)
 
 
 def configure_tensorflow(server: ServerConfig) -> str:
@@ -120,6 +126,7 @@ class TfmuxServer:
             config.batching,
             timeout,
             management,
+            config.max_run_time_ms / 1000,
         )
         ops = OpsRest(self.service.ready, self.metrics.render, CONTENT_TYPE)
         # Every front end: REST routes (first match wins) and gRPC services.
@@ -162,7 +169,6 @@ class TfmuxServer:
                 log_level=self.config.log_level,
                 http="httptools",
                 proxy_headers=False,  # measured on the hot path; tfmux reads no proxy headers
-                timeout_graceful_shutdown=GRACE_SECONDS,
             )
         )
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
@@ -184,19 +190,43 @@ class TfmuxServer:
 
     async def wait_for_loads(self) -> None:
         """Wait until the eager loads that started with the server have ended."""
-        await asyncio.get_running_loop().run_in_executor(None, self.manager.wait_for_loads)
+        # Awaited on the loop, not in a thread, so a stop during a long load is not held up.
+        running = self.manager.loads_running()
+        await asyncio.gather(*(asyncio.shield(asyncio.wrap_future(f)) for f in running))
 
-    async def stop(self) -> None:
-        """Stop accepting, finish in-flight requests, then unload every model."""
+    async def stop(self) -> bool:
+        """Stop accepting, finish in-flight requests, then unload every model, within about
+        ``shutdown_grace_seconds``: requests still running then are cancelled and the models
+        closed under their calls (the session runtime's close cancels them). Returns whether
+        everything ended cleanly (no thread left in model code or a load)."""
+        grace = self.config.shutdown_grace_seconds
+        deadline = time.monotonic() + grace
+        # Requests get the grace period less a reserve (up to 1 s): then those still queued or
+        # running are answered UNAVAILABLE, the front ends send that, and models are closed.
+        reserve = min(1.0, grace / 2)
+        drain = grace - reserve
         await self.poller.stop()
         if self._http is not None and self._http_task is not None:
+            self._http.config.timeout_graceful_shutdown = max(drain + reserve / 2, 0.001)
             self._http.should_exit = True
-        if self._grpc is not None:
-            await self._grpc.stop(grace=GRACE_SECONDS)
+        stopping: list[asyncio.Future[None]] = []
         if self._http_task is not None:
-            await self._http_task
+            stopping.append(self._http_task)
+        if self._grpc is not None:
+            stopping.append(asyncio.ensure_future(self._grpc.stop(grace=drain + reserve / 2)))
+        if stopping:  # both front ends drain at once
+            _, pending = await asyncio.wait(stopping, timeout=drain)
+            if pending:
+                self.service.abandon_requests()
+                await asyncio.wait(pending)
+            for stopped in stopping:
+                stopped.result()
         await self.service.stop_shadows()
-        await asyncio.get_running_loop().run_in_executor(None, self.service.close)
+        left = max(deadline - time.monotonic(), 0.0)
+        clean = await asyncio.get_running_loop().run_in_executor(None, self.service.close, left)
+        if not clean:
+            log.warning("stopped with model calls or loads still running (grace period over)")
+        return clean
 
     async def run_until_signal(self, on_ready: Callable[[TfmuxServer], None]) -> None:
         """Serve until SIGINT or SIGTERM, then shut down gracefully."""
@@ -206,9 +236,13 @@ class TfmuxServer:
             loop.add_signal_handler(sig, stop.set)
         try:
             await self.start()
-            await self.wait_for_loads()
-            on_ready(self)
-            await stop.wait()
+            loads = asyncio.ensure_future(self.wait_for_loads())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait((loads, stopping), return_when=asyncio.FIRST_COMPLETED)
+            loads.cancel()
+            if not stop.is_set():
+                on_ready(self)
+            await stopping
             log.info("shutting down: finishing in-flight requests, then unloading models")
         finally:
             await self.stop()

@@ -5,7 +5,9 @@ and split back so each caller gets exactly its rows. Requests whose other dimens
 differ are never merged. When the model is idle a request runs at once; while batches run,
 arrivals queue and form the next batch. The queue is bounded (a full queue rejects at once),
 a request past its deadline is dropped without running, and a cancelled caller's queued work
-is dropped.
+is dropped. A request whose deadline (or the run time limit) passes while its batch runs is
+answered DEADLINE_EXCEEDED at once; the batch keeps its in-flight slot until the model call
+returns, so a model that hangs holds at most its own in-flight limit of threads.
 
 A Batcher lives on one event loop; the model runs in the executor it is given.
 """
@@ -22,13 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from tfmux.errors import ErrorKind, ServingError
+from tfmux.errors import ErrorKind, ServingError, unavailable
 from tfmux.types import SignatureSpec
 
 Tensors = Mapping[str, np.ndarray]
 RunBatch = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 # Whether a request's caller has gone away (a client that disconnected).
 Gone = Callable[[], bool]
+# Called as a batch starts; what it returns is called once the model call has returned (the
+# runner holds the version leased meanwhile, even if every caller was answered already).
+Hold = Callable[[], Callable[[], None]]
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,31 @@ class BatchingOptions:
     allowed_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 1024
     max_inflight_batches: int = 1
+    max_run_time: float | None = None  # a running batch's callers get DEADLINE_EXCEEDED then
+
+
+class InflightLimit:
+    """How many model calls of one version may run at once, shared by its batchers (one per
+    signature and output selection), so a hung model holds at most ``limit`` threads.
+    Event-loop side only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self._waiting: deque[Batcher] = deque()
+
+    def full(self) -> bool:
+        return self.running >= self.limit
+
+    def wait(self, batcher: Batcher) -> None:
+        """``batcher`` has queued work: dispatch it when a call ends."""
+        if batcher not in self._waiting:
+            self._waiting.append(batcher)
+
+    def release(self) -> None:
+        self.running -= 1
+        while self._waiting and not self.full():
+            self._waiting.popleft()._dispatch()
 
 
 @dataclass
@@ -112,6 +142,8 @@ class Batcher:
         can_batch: bool,
         observer: BatchObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        limit: InflightLimit | None = None,
+        hold: Hold | None = None,
     ) -> None:
         self._run = run
         self._executor = executor
@@ -120,7 +152,9 @@ class Batcher:
         self._observer = observer or BatchObserver()
         self._clock = clock
         self._queue: deque[_Item] = deque()
-        self._inflight: set[asyncio.Future[Any]] = set()
+        self._inflight: dict[asyncio.Future[Any], list[_Item]] = {}  # running calls
+        self.limit = limit or InflightLimit(options.max_inflight_batches)
+        self._hold = hold
         self._timer: asyncio.TimerHandle | None = None
         # The loop, once known: asyncio.get_running_loop() costs a getpid() system call.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -138,7 +172,8 @@ class Batcher:
         """Queue one request and wait for its rows of the outputs.
 
         ``deadline`` is on this batcher's clock. Raises RESOURCE_EXHAUSTED when the queue is
-        full and DEADLINE_EXCEEDED when the deadline passes before the request ran. ``gone``
+        full and DEADLINE_EXCEEDED when the deadline passes before the request's model call
+        returned (or the call ran longer than ``max_run_time``). ``gone``
         says whether the caller went away: such a request is dropped (CANCELLED) instead of
         run, like a cancelled one.
         """
@@ -154,8 +189,7 @@ class Batcher:
         item = _Item(inputs, key, rows, deadline, now, gone, loop.create_future())
         self._stats.requests += 1
         self._queue.append(item)
-        # A deadline is a timer, not a wait_for: it expires the request only while queued
-        # (once running, its answer is on the way), and costs no task per request.
+        # A deadline is a timer, not a wait_for: it costs no task per request.
         timer = None if deadline is None else loop.call_later(deadline - now, self._expire, item)
         self._dispatch()
         try:
@@ -183,6 +217,17 @@ class Batcher:
         while self._inflight:
             await asyncio.wait(set(self._inflight))
 
+    def abandon(self, error: ServingError) -> None:
+        """Answer every queued and running request with ``error`` (shutdown); running calls
+        keep their slots until they return."""
+        for item in self._queue:
+            if item.state == _QUEUED:
+                _settle(item, exception=ServingError(error.kind, error.message))
+        for batch in self._inflight.values():
+            for item in batch:
+                if item.state == _RUNNING:
+                    _settle(item, exception=ServingError(error.kind, error.message))
+
     def _key(self, inputs: Tensors) -> tuple[Any, int]:
         """(merge key, rows): requests merge only with equal keys; None never merges."""
         if not self._can_batch:
@@ -204,8 +249,12 @@ class Batcher:
         return tuple(key), rows
 
     def _dispatch(self) -> None:
-        """Start batches while there is queued work and room in flight."""
-        while len(self._inflight) < self.options.max_inflight_batches:
+        """Start batches while there is queued work and room in flight (this version's)."""
+        limit = self.limit
+        while self._queue:
+            if limit.full():
+                limit.wait(self)
+                return
             batch = self._take_batch()
             if not batch:
                 return
@@ -280,12 +329,19 @@ class Batcher:
         return True
 
     def _expire(self, item: _Item) -> None:
-        """Drop a request whose deadline passed, unless it already ran or runs."""
-        if item.state != _QUEUED:
-            return
-        item.state = _DONE
-        if not item.future.done():
-            item.future.set_exception(self._dropped("deadline", _deadline_error()))
+        """A request's deadline passed: drop it if queued, answer it if its batch runs."""
+        if item.state == _QUEUED:
+            item.state = _DONE
+            if not item.future.done():
+                item.future.set_exception(self._dropped("deadline", _deadline_error()))
+        elif item.state == _RUNNING:
+            _settle(item, exception=_running_deadline_error())
+
+    def _overrun(self, batch: list[_Item]) -> None:
+        """The batch ran for ``max_run_time``: answer its callers; the call keeps its slot."""
+        for item in batch:
+            if item.state == _RUNNING:
+                _settle(item, exception=_run_time_error(self.options.max_run_time or 0.0))
 
     def _dropped(self, reason: str, error: ServingError) -> ServingError:
         if reason == "deadline":
@@ -306,9 +362,20 @@ class Batcher:
         self._stats.padded_rows += padded - rows
         self._observer.batch_ran(rows, len(batch), [now - item.enqueued for item in batch])
         loop = self._event_loop()
-        future = loop.run_in_executor(self._executor, self._run, merged)
-        self._inflight.add(future)
-        future.add_done_callback(lambda done: self._finish(done, batch))
+        release = self._hold() if self._hold is not None else None
+        try:
+            future = loop.run_in_executor(self._executor, _call, self._run, merged, release)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            if release is not None:
+                release()
+            for item in batch:
+                _settle(item, exception=unavailable("the server is shutting down"))
+            return
+        self.limit.running += 1
+        self._inflight[future] = batch
+        max_run = self.options.max_run_time
+        overrun = None if max_run is None else loop.call_later(max_run, self._overrun, batch)
+        future.add_done_callback(lambda done: self._finish(done, batch, overrun))
 
     def _merge(self, batch: list[_Item], rows: int) -> tuple[dict[str, np.ndarray], int]:
         if len(batch) == 1 and batch[0].key is None:
@@ -327,8 +394,15 @@ class Batcher:
         sizes = [s for s in sorted(self.options.allowed_batch_sizes) if s >= rows]
         return sizes[0] if sizes else rows
 
-    def _finish(self, done: asyncio.Future[dict[str, np.ndarray]], batch: list[_Item]) -> None:
-        self._inflight.discard(done)
+    def _finish(
+        self,
+        done: asyncio.Future[dict[str, np.ndarray]],
+        batch: list[_Item],
+        overrun: asyncio.TimerHandle | None,
+    ) -> None:
+        self._inflight.pop(done, None)
+        if overrun is not None:
+            overrun.cancel()
         try:
             outputs = done.result()
         except ServingError as exc:  # the model failed: every caller in the batch hears it
@@ -339,6 +413,7 @@ class Batcher:
                 _settle(item, exception=exc)
         else:
             self._split(outputs, batch)
+        self.limit.release()  # other batchers of the version waiting for a slot go first
         self._dispatch()
 
     def _split(self, outputs: dict[str, np.ndarray], batch: list[_Item]) -> None:
@@ -362,6 +437,18 @@ class Batcher:
             offset = end
 
 
+def _call(
+    run: RunBatch, inputs: dict[str, np.ndarray], release: Callable[[], None] | None
+) -> dict[str, np.ndarray]:
+    """The model call, in its thread; the hold ends there as the call returns (not on the
+    event loop, which may be gone by then)."""
+    try:
+        return run(inputs)
+    finally:
+        if release is not None:
+            release()
+
+
 def _settle(
     item: _Item,
     result: dict[str, np.ndarray] | None = None,
@@ -379,6 +466,19 @@ def _settle(
 def _deadline_error() -> ServingError:
     return ServingError(
         ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded before the request could run"
+    )
+
+
+def _running_deadline_error() -> ServingError:
+    return ServingError(
+        ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded while the model was running the request"
+    )
+
+
+def _run_time_error(seconds: float) -> ServingError:
+    return ServingError(
+        ErrorKind.DEADLINE_EXCEEDED,
+        f"the model did not answer within the maximum run time ({seconds:g} s)",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from typing import Any
 from tfmux.core.runtime import LoadedModel
 from tfmux.errors import ErrorKind, ServingError, unavailable
 from tfmux.types import VersionStatus
+
+log = logging.getLogger("tfmux.lifecycle")
 
 
 class State(StrEnum):
@@ -56,6 +59,11 @@ class Lease:
         """Per-version state the service keeps while the version is loaded (its batchers)."""
         return self._owner.batchers
 
+    def share(self) -> Lease:
+        """Another lease on the same version (a running batch holds one until its model call
+        returns, even if its requests were answered first). Only while a lease is open."""
+        return self._owner._share(self.model)
+
     def release(self) -> None:
         if not self._released:
             self._released = True
@@ -96,6 +104,7 @@ class ModelVersion:
         self._model: LoadedModel | None = None
         self._leases = 0
         self._load_future: Future[None] | None = None
+        self._closing = False  # finish_unload began
         self.load_seconds: float | None = None
         self.last_used = time.monotonic()
         self.batchers: dict[Any, Any] = {}  # owned by the service; dropped at unload
@@ -143,12 +152,22 @@ class ModelVersion:
             if self._load_future is not None:
                 return self._load_future
             future: Future[None] = Future()
+            # Running from the start, so nobody can cancel it: the load is shared by every
+            # waiter, and a waiter that gives up must not end it for the others.
+            future.set_running_or_notify_cancel()
             self._load_future = future
             if self._state is not State.START:
                 future.set_result(None)
                 return future
             self._state = State.LOADING
-        executor.submit(self._load, future)
+        try:
+            executor.submit(self._load, future)
+        except RuntimeError:  # the load threads were shut down: the server is stopping
+            with self._cond:
+                self._state = State.END
+                self._error = unavailable("the server is shutting down")
+                self._cond.notify_all()
+            future.set_result(None)
         return future
 
     def _load(self, future: Future[None]) -> None:
@@ -161,20 +180,24 @@ class ModelVersion:
             model = self._loader(self.path)
         except ServingError as exc:
             error = exc
-        except Exception as exc:  # a model that cannot load must not take the server down
+        except BaseException as exc:  # a model that cannot load must not take the server down
             error = ServingError(ErrorKind.UNKNOWN, f"{type(exc).__name__}: {exc}")
         seconds = time.perf_counter() - started
-        with self._cond:
-            self.load_seconds = seconds
-            if model is not None:
-                self._model, self._state = model, State.AVAILABLE
-                self.last_used = time.monotonic()  # loaded for a request: not an LRU victim
-            else:
-                self._state, self._error = State.END, error
-            self._cond.notify_all()
-        if self._on_loaded is not None:
-            self._on_loaded(self, seconds, error)
-        future.set_result(None)
+        try:
+            with self._cond:
+                self.load_seconds = seconds
+                if model is not None:
+                    self._model, self._state = model, State.AVAILABLE
+                    self.last_used = time.monotonic()  # loaded for a request: not an LRU victim
+                else:
+                    self._state, self._error = State.END, error
+                self._cond.notify_all()
+            if self._on_loaded is not None:
+                self._on_loaded(self, seconds, error)
+        except Exception:  # a listener that raises must not leave the waiters waiting
+            log.exception("load listener of model %s version %s failed", self.name, self.version)
+        finally:
+            future.set_result(None)
 
     def acquire(self) -> Lease:
         """A lease on the loaded model; raises UNAVAILABLE unless the version is AVAILABLE."""
@@ -197,29 +220,56 @@ class ModelVersion:
             return unavailable(f"{where} is unloading")
         return unavailable(f"{where} has been unloaded")
 
+    def _share(self, model: LoadedModel) -> Lease:
+        with self._cond:
+            self._leases += 1
+            return Lease(self, model)
+
     def _release(self) -> None:
         with self._cond:
             self._leases -= 1
             if self._leases == 0:
                 self._cond.notify_all()
 
-    def unload(self) -> None:
+    def unload(self, timeout: float | None = None) -> bool:
         """Stop new leases, wait for open ones to be released, then close. Blocks; idempotent.
 
         A version still loading is waited for first; so is an unload another caller began.
+        With ``timeout`` (shutdown), leases still open after that many seconds are abandoned:
+        the model is closed under them, which cancels a hung call in the session runtime; a
+        load still running then is left to end on its own. Returns False if either happened.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._state in (State.LOADING, State.UNLOADING):
-                self._cond.wait()
+            while self._state is State.LOADING:
+                if not self._wait(deadline):
+                    return False
             if self._state is State.END:
-                return
+                return True
             if self._state is State.START:
                 self._state = State.END
-                return
+                return True
             self._state = State.UNLOADING
-            while self._leases:
-                self._cond.wait()
+            while self._leases and self._state is State.UNLOADING:
+                if not self._wait(deadline):
+                    log.warning(
+                        "closing model %s version %s with %d call(s) still running",
+                        self.name,
+                        self.version,
+                        self._leases,
+                    )
+                    break
+            abandoned = self._leases > 0
         self.finish_unload()
+        return not abandoned
+
+    def _wait(self, deadline: float | None) -> bool:
+        """Wait on the condition (lock held) until notified; False once ``deadline`` passed."""
+        if deadline is None:
+            self._cond.wait()
+            return True
+        remaining = deadline - time.monotonic()
+        return remaining > 0 and (self._cond.wait(remaining) or time.monotonic() < deadline)
 
     def try_evict(self) -> bool:
         """Claim an idle AVAILABLE version for eviction (no lease open, none can start now).
@@ -234,8 +284,15 @@ class ModelVersion:
             return True
 
     def finish_unload(self) -> None:
-        """Close an UNLOADING version whose leases are all released, then END."""
+        """Close an UNLOADING version (its leases released, or abandoned at shutdown), then
+        END. A second caller waits for the first one's close."""
         with self._cond:
+            if self._state is State.END:
+                return
+            if self._closing:
+                self._cond.wait_for(lambda: self._state is State.END)
+                return
+            self._closing = True
             model, self._model = self._model, None
             self.batchers = {}
         try:

@@ -22,7 +22,7 @@ from tfmux.core.repository import list_versions
 from tfmux.core.runtime import LoadedModel
 from tfmux.core.served import ServedModel
 from tfmux.core.traffic import TrafficTable
-from tfmux.errors import ServingError, not_found
+from tfmux.errors import ServingError, not_found, unavailable
 from tfmux.types import ModelRef, VersionStatus
 
 ModelLoader = Callable[[ModelConfig, Path], LoadedModel]
@@ -31,7 +31,11 @@ __all__ = ["ModelLoader", "ModelManager", "ServedModel"]
 
 
 class ModelManager:
-    """Thread-safe registry of served models. ``close`` unloads everything and stops loads."""
+    """Thread-safe registry of served models. ``close`` unloads everything and stops loads.
+
+    Loads belong to the manager, not to the request that started them: a waiter that gives up
+    (deadline, cancellation) leaves the load and the other waiters alone.
+    """
 
     def __init__(
         self,
@@ -48,6 +52,7 @@ class ModelManager:
         self._clock = clock
         self._lock = threading.Lock()
         self._models: dict[str, ServedModel] = {}
+        self._closing = False
         self._load_pool = ThreadPoolExecutor(max_concurrent_loads, thread_name_prefix="tfmux-load")
         self.budget = MemoryBudget(
             memory_budget, probe or ProcessMemory(), self._held, policy=eviction_policy
@@ -60,6 +65,7 @@ class ModelManager:
         """Serve a model: pick its versions on disk; start eager loads (does not wait)."""
         served = ServedModel(config)
         with self._lock:
+            self._check_open()
             if config.name in self._models:
                 raise ValueError(f"model {config.name!r} is already served")
             self._models[config.name] = served
@@ -74,6 +80,7 @@ class ModelManager:
         given); failed versions are retried at once. Versions its policy no longer selects
         are unloaded once a new one is AVAILABLE, so requests never find nothing to serve.
         Blocks until done."""
+        self._check_open()
         served = self.get(name)
         with self._lock:
             served.unloaded = False
@@ -90,7 +97,7 @@ class ModelManager:
         (eagerly, or when the model is in use), then the ones they replace are drained and
         unloaded; failed versions are retried after their backoff. Blocks until done."""
         served = self.get(name)
-        if served.unloaded:
+        if served.unloaded or self._closing:
             return
         retired = self._select_versions(served, retry_all=False)
         in_use = any(mv.state is State.AVAILABLE or mv.evicted for mv in served.versions.values())
@@ -132,21 +139,49 @@ class ModelManager:
 
     def wait_for_loads(self, timeout: float | None = None) -> None:
         """Block until every load already started has ended (used at startup)."""
-        futures = [
+        wait(self.loads_running(), timeout)
+
+    def loads_running(self) -> list[Future[None]]:
+        """Futures of the loads running now (each completes, never raises, when it ends)."""
+        return [
             mv.start_load(self._load_pool)
             for served in self.models()
             for mv in list(served.versions.values())
             if mv.state is State.LOADING
         ]
-        wait(futures, timeout)
 
-    def close(self) -> None:
-        """Unload every model and stop the load threads. Blocks until done."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Unload every model and stop the load threads. Loads not begun yet end at once
+        (UNAVAILABLE); later management calls and requests that need a load are refused.
+        Blocks until done, or with ``timeout`` at most about that long: calls still running
+        then are abandoned (their models closed under them) and loads still running are left
+        to end on their own. Returns whether everything ended cleanly."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
+            self._closing = True
             names = list(self._models)
+        self._load_pool.shutdown(wait=False, cancel_futures=False)
+        clean = True
         for name in names:
-            self.remove_model(name)
-        self._load_pool.shutdown(wait=True, cancel_futures=True)
+            with self._lock:
+                served = self._models.pop(name, None)
+            self.traffic.drop_model(name)
+            for mv in list(served.versions.values()) if served else []:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                clean = mv.unload(left) and clean
+        self.budget.released()
+        if clean:
+            self._load_pool.shutdown(wait=True)
+        return clean
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise unavailable("the server is shutting down")
+
+    def _admit(self, mv: ModelVersion) -> None:
+        """Before each load (in its thread): refused once closing, else the memory budget."""
+        self._check_open()
+        self.budget.admit(mv)
 
     # -- versions --------------------------------------------------------------------------
 
@@ -182,7 +217,7 @@ class ModelManager:
             path,
             lambda p: self._loader(config, p),
             self._loaded,
-            self.budget.admit,
+            self._admit,
         )
 
     def _start_loads(
@@ -333,7 +368,10 @@ class ModelManager:
                 mv = self._revive(mv)
             ended = mv.state is State.END
             if mv.state in (State.START, State.LOADING):
-                await asyncio.wrap_future(mv.start_load(self._load_pool))
+                self._check_open()
+                # Shielded: a waiter that gives up stops waiting; the load goes on for the
+                # others (the load future itself cannot be cancelled either).
+                await asyncio.shield(asyncio.wrap_future(mv.start_load(self._load_pool)))
             try:
                 lease = mv.acquire()
             except ServingError:

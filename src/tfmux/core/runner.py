@@ -1,16 +1,25 @@
-"""Runs validated requests on a leased model: through the version's batcher, or straight in
-the inference pool when batching is off for the model."""
+"""Runs validated requests on a leased model, always through one of the version's batchers:
+merging ones in the batch pool, or (batching off) ones that run each request alone in the
+normal-priority pool. Either way the version's queue limit, in-flight limit, deadlines and
+maximum run time apply, and a running call keeps the version leased until it returns."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from dataclasses import replace
 
 import numpy as np
 
 from tfmux.config import BatchingConfig
-from tfmux.core.batching import Batcher, BatchingOptions, BatchObserver, Gone, batchable
+from tfmux.core.batching import (
+    Batcher,
+    BatchingOptions,
+    BatchObserver,
+    Gone,
+    InflightLimit,
+    batchable,
+)
 from tfmux.core.lifecycle import Lease
 from tfmux.core.observer import Observer
 from tfmux.errors import ServingError, internal
@@ -19,7 +28,7 @@ from tfmux.types import SignatureSpec
 Outputs = dict[str, np.ndarray]
 
 
-def batching_options(config: BatchingConfig) -> BatchingOptions:
+def batching_options(config: BatchingConfig, max_run_time: float | None = None) -> BatchingOptions:
     return BatchingOptions(
         enabled=config.enabled,
         max_batch_size=config.max_batch_size,
@@ -27,6 +36,7 @@ def batching_options(config: BatchingConfig) -> BatchingOptions:
         allowed_batch_sizes=config.allowed_batch_sizes,
         max_queue_size=config.max_queue_size,
         max_inflight_batches=config.max_inflight_batches,
+        max_run_time=max_run_time,
     )
 
 
@@ -45,7 +55,10 @@ class _Reporter(BatchObserver):
 
 class ModelRunner:
     """Every model call goes through here: unbatched ones in ``pool``, batches in
-    ``batch_pool``. Event-loop side only."""
+    ``batch_pool``. ``max_run_time`` (seconds): a call running longer is answered
+    DEADLINE_EXCEEDED (the runtime's own run timeout frees its thread). A version runs at most
+    ``max_inflight_batches`` calls at once, or with batching off the larger of that and
+    ``unbatched_calls``. Event-loop side only."""
 
     def __init__(
         self,
@@ -53,11 +66,15 @@ class ModelRunner:
         batch_pool: Executor,
         batching_for: Callable[[str], BatchingConfig],
         observer: Observer,
+        max_run_time: float | None = None,
+        unbatched_calls: int = 1,
     ) -> None:
         self._pool = pool
         self._batch_pool = batch_pool
         self._batching_for = batching_for
         self._observer = observer
+        self._max_run_time = max_run_time
+        self._unbatched_calls = unbatched_calls
 
     async def run(
         self,
@@ -71,22 +88,31 @@ class ModelRunner:
         """The outputs for one request; model failures become INTERNAL errors. ``gone`` says
         whether the caller went away (its queued work is then dropped)."""
         outputs = tuple(wanted) if wanted else None
-        config = self._batching_for(lease.name)
-        if not config.enabled:
-            call = _caller(lease, signature.name, outputs)
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call, tensors)
         key = (signature.name, outputs)
         batcher = lease.batchers.get(key)
         if batcher is None:
-            batcher = Batcher(
-                _caller(lease, signature.name, outputs),
-                self._batch_pool,
-                batching_options(config),
-                batchable(signature),
-                _Reporter(self._observer, lease.name, lease.version),
-            )
-            lease.batchers[key] = batcher
+            batcher = lease.batchers[key] = self._batcher(lease, signature, outputs)
         return await batcher.submit(tensors, deadline, gone)
+
+    def _batcher(
+        self, lease: Lease, signature: SignatureSpec, outputs: tuple[str, ...] | None
+    ) -> Batcher:
+        config = self._batching_for(lease.name)
+        options = batching_options(config, self._max_run_time)
+        if not config.enabled:  # each call is one request: allow a few at once
+            calls = max(options.max_inflight_batches, self._unbatched_calls)
+            options = replace(options, max_inflight_batches=calls)
+        # One in-flight limit per version, shared by all its batchers.
+        limit = next((b.limit for b in lease.batchers.values()), None)
+        return Batcher(
+            _caller(lease, signature.name, outputs),
+            self._batch_pool if config.enabled else self._pool,
+            options,
+            batchable(signature),
+            _Reporter(self._observer, lease.name, lease.version),
+            limit=limit or InflightLimit(options.max_inflight_batches),
+            hold=lambda: lease.share().release,
+        )
 
 
 def _caller(

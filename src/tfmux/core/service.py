@@ -34,6 +34,7 @@ from tfmux.types import (
 )
 
 MODEL_THREAD_NICENESS = 10
+MAX_RUN_TIME = 60.0  # seconds a model call may run before its callers get DEADLINE_EXCEEDED
 Inputs = Mapping[str, np.ndarray]
 InputDecoder = Callable[[SignatureSpec], Inputs]
 
@@ -107,6 +108,7 @@ class ServingService:
         batching: BatchingConfig | None = None,
         request_timeout: float | None = None,
         management: Management | None = None,
+        max_run_time: float | None = MAX_RUN_TIME,
     ) -> None:
         self.manager = manager
         self._observer = observer or NullObserver()
@@ -118,11 +120,24 @@ class ServingService:
             inference_threads, thread_name_prefix="tfmux-batch", initializer=_yield_to_the_loop
         )
         self._pool = ThreadPoolExecutor(inference_threads, thread_name_prefix="tfmux-infer")
+        # Management calls block (loads, drains): owned here, not left in the loop's default
+        # executor, so shutdown never waits on one.
+        self._manage_pool = ThreadPoolExecutor(4, thread_name_prefix="tfmux-manage")
         self._batching = batching or BatchingConfig()
         self._request_timeout = request_timeout
         self.management = management or Management()
         self._shadows = ShadowRunner(self._shadow_call, self._observer)
-        self._runner = ModelRunner(self._pool, self._batch_pool, self._batching_for, self._observer)
+        # With batching off a version may run up to half the pool's threads at once: a hung
+        # model can never take them all.
+        unbatched = max(1, inference_threads // 2)
+        self._runner = ModelRunner(
+            self._pool,
+            self._batch_pool,
+            self._batching_for,
+            self._observer,
+            max_run_time,
+            unbatched,
+        )
 
     def _batching_for(self, name: str) -> BatchingConfig:
         try:
@@ -135,11 +150,30 @@ class ServingService:
         """Cancel shadow runs still going (before ``close``)."""
         await self._shadows.close()
 
-    def close(self) -> None:
-        """Wait for running inferences, then unload every model."""
-        self._batch_pool.shutdown(wait=True)
-        self._pool.shutdown(wait=True)
-        self.manager.close()
+    def close(self, timeout: float | None = None) -> bool:
+        """Wait for running inferences, then unload every model. With ``timeout`` (seconds),
+        calls still running then are abandoned (see ``ModelManager.close``) and their threads
+        are not waited for. Returns whether everything ended cleanly."""
+        pools = (self._batch_pool, self._pool, self._manage_pool)
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+        clean = self.manager.close(timeout)
+        if clean:
+            for pool in pools[:2]:
+                pool.shutdown(wait=True)
+        return clean
+
+    def abandon_requests(self) -> None:
+        """Answer every request still queued or running UNAVAILABLE (the grace period of a
+        shutdown is over), so front ends can send that answer before they close."""
+        error = ServingError(ErrorKind.UNAVAILABLE, "the server is shutting down")
+        for served in self.manager.models():
+            for mv in list(served.versions.values()):
+                for batcher in list(mv.batchers.values()):
+                    batcher.abandon(error)
+
+    async def _manage(self, call: Callable[..., object], *args: object) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._manage_pool, call, *args)
 
     async def infer(
         self,
@@ -268,7 +302,7 @@ class ServingService:
                 ) from None
             with contextlib.suppress(ValueError):  # a concurrent load added it first
                 self.manager.add_model(config)
-        await asyncio.get_running_loop().run_in_executor(None, self.manager.load_model, name)
+        await self._manage(self.manager.load_model, name)
         try:
             statuses = self.manager.statuses(name)
         except ServingError as exc:  # no version on disk at all
@@ -283,7 +317,7 @@ class ServingService:
     async def unload_model(self, name: str, authorization: str | None = None) -> None:
         """Unload every version of a model, after its in-flight requests have finished."""
         self.management.authorize(authorization)
-        await asyncio.get_running_loop().run_in_executor(None, self.manager.unload_model, name)
+        await self._manage(self.manager.unload_model, name)
 
     async def reconfigure(
         self, configs: list[ModelConfig], authorization: str | None = None
@@ -295,7 +329,7 @@ class ServingService:
         served = {m.config.name: m.config.base_path for m in self.manager.models()}
         for config in configs:
             self.management.check_path(config, served.get(config.name))
-        await asyncio.get_running_loop().run_in_executor(None, self.manager.reconfigure, configs)
+        await self._manage(self.manager.reconfigure, configs)
 
     def set_traffic(
         self,

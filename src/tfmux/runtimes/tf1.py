@@ -26,7 +26,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.client import pywrap_tf_session
 
-from tfmux.errors import failed_precondition, invalid_argument
+from tfmux.errors import ErrorKind, ServingError, failed_precondition, invalid_argument
 from tfmux.runtimes import collect_garbage
 from tfmux.runtimes.graph_cache import GRAPHS, SharedGraph
 from tfmux.runtimes.savedmodel import (
@@ -51,7 +51,12 @@ class _Plan:
     __slots__ = ("_callable", "_casts", "_feed_picks", "_outputs", "_run", "_sources")
 
     def __init__(
-        self, session: Any, spec: SignatureSpec, aliases: tuple[str, ...], outputs: tuple[str, ...]
+        self,
+        session: Any,
+        spec: SignatureSpec,
+        aliases: tuple[str, ...],
+        outputs: tuple[str, ...],
+        timeout_ms: int = 0,
     ) -> None:
         unknown = [alias for alias in aliases if alias not in spec.inputs]
         if unknown:
@@ -84,7 +89,11 @@ class _Plan:
         if len(fetches) == len(outputs):
             self._sources = None
         self._outputs = outputs
-        options = config_pb2.CallableOptions(feed=list(feeds), fetch=fetches)
+        # A callable takes no per-call options: its run timeout is fixed when it is made.
+        run_options = config_pb2.RunOptions(timeout_in_ms=timeout_ms)
+        options = config_pb2.CallableOptions(
+            feed=list(feeds), fetch=fetches, run_options=run_options
+        )
         self._callable = self._run = None
         if fetches:  # a callable must fetch something
             # The callable object releases its C++ handle when dropped; calls skip its Python
@@ -125,9 +134,11 @@ class TF1Model:
         path: Path,
         config: tf.compat.v1.ConfigProto | None = None,
         shared: SharedGraph | None = None,
+        run_timeout_ms: int = 0,
     ) -> None:
         self._path = path
         self._shared = shared
+        self._run_timeout_ms = run_timeout_ms  # 0: none
         if shared is not None:  # a graph imported once for every version that has it
             self._graph = shared.graph
             self._session = shared.open_session(path, config)
@@ -176,6 +187,14 @@ class TF1Model:
             if plan is None:
                 plan = self._make_plan(key)
             return plan(inputs)
+        except tf.errors.DeadlineExceededError as exc:
+            if not self._run_timeout_ms:
+                raise model_failure(exc) from exc
+            seconds = self._run_timeout_ms / 1000
+            raise ServingError(
+                ErrorKind.DEADLINE_EXCEEDED,
+                f"the model did not answer within the maximum run time ({seconds:g} s)",
+            ) from exc
         except tf.errors.OpError as exc:
             raise model_failure(exc) from exc
 
@@ -188,7 +207,9 @@ class TF1Model:
                 raise failed_precondition(f"The model at {self._path} is closed")
             plan = self._plans.get(key)
             if plan is None:
-                plan = self._plans[key] = _Plan(self._session, spec, aliases, outputs)
+                plan = self._plans[key] = _Plan(
+                    self._session, spec, aliases, outputs, self._run_timeout_ms
+                )
             return plan
 
     def uninitialized_variables(self) -> list[str]:
@@ -259,8 +280,12 @@ class TF1Runtime:
         intra_op_threads: int | None = None,
         inter_op_threads: int | None = None,
         share_graphs: bool = True,
+        run_timeout_ms: int | None = None,
     ) -> None:
         self._share_graphs = share_graphs
+        # Each call's RunOptions.timeout_in_ms: TensorFlow cancels a call running longer (a
+        # blocked queue op, say) and frees its thread; None or 0: no limit.
+        self._run_timeout_ms = run_timeout_ms or 0
         self._config: tf.compat.v1.ConfigProto | None = None
         if intra_op_threads is not None or inter_op_threads is not None:
             from tensorflow.python.eager import context
@@ -274,18 +299,22 @@ class TF1Runtime:
     def load(self, path: Path) -> TF1Model:
         """With ``share_graphs`` (the default) versions with the same graph share it
         (graph_cache); without, every version goes through TensorFlow's v1 loader."""
-        shared = load_shared(path, self._config) if self._share_graphs else None
-        return shared or TF1Model(path, self._config)
+        shared = (
+            load_shared(path, self._config, self._run_timeout_ms) if self._share_graphs else None
+        )
+        return shared or TF1Model(path, self._config, run_timeout_ms=self._run_timeout_ms)
 
 
-def load_shared(path: Path, config: tf.compat.v1.ConfigProto | None) -> TF1Model | None:
+def load_shared(
+    path: Path, config: tf.compat.v1.ConfigProto | None, run_timeout_ms: int = 0
+) -> TF1Model | None:
     """The version at ``path`` on a shared graph (graph_cache), or None when its graph cannot
     be shared (then it loads with TensorFlow's v1 loader)."""
     shared = GRAPHS.acquire(path, serve_meta_graph(path))
     if shared is None:
         return None
     try:
-        return TF1Model(path, config, shared)
+        return TF1Model(path, config, shared, run_timeout_ms)
     except BaseException:
         GRAPHS.release(shared)
         raise
