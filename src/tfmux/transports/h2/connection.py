@@ -1,6 +1,7 @@
 """One HTTP/2 connection (h2c with prior knowledge, as gRPC clients speak it) as an asyncio
 Protocol: frames are parsed straight from the receive buffer, complete requests are handed to
-the gRPC dispatcher, and control frames written in one batch per read.
+the gRPC dispatcher, and control frames written in one batch per read. A client that does not
+read its answers stops being read (``pause_writing``); ``tick`` enforces the timeouts.
 """
 
 from __future__ import annotations
@@ -13,31 +14,19 @@ from typing import Protocol, cast
 
 from tfmux.transports.h2 import frames as f
 from tfmux.transports.h2.control import ConnectionState
+from tfmux.transports.h2.guard import EMPTY, MAX_RECV_FRAME, Shared
 from tfmux.transports.h2.headers import HeaderDecoder
 from tfmux.transports.h2.stream import Stream
 
 log = logging.getLogger("tfmux.grpc.h2")
 
-MAX_STREAMS = 1024
-STREAM_WINDOW = 16 * 1024 * 1024  # our SETTINGS_INITIAL_WINDOW_SIZE
-CONNECTION_WINDOW = 256 * 1024 * 1024
-MAX_RECV_FRAME = 1024 * 1024  # our SETTINGS_MAX_FRAME_SIZE
-MAX_HEADER_BLOCK = 256 * 1024  # HEADERS + CONTINUATION bytes we buffer for one block
-RESOURCE_EXHAUSTED = 8
-_SERVER_PREFACE = f.settings(
-    {
-        f.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-        f.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-        f.MAX_FRAME_SIZE: MAX_RECV_FRAME,
-        f.ENABLE_PUSH: 0,
-    }
-) + f.window_update(0, CONNECTION_WINDOW - f.DEFAULT_WINDOW)
+RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED = 8, 4
 
 
 class Dispatcher(Protocol):
     """What a connection hands complete requests to (the gRPC layer)."""
 
-    max_message: int
+    shared: Shared
 
     def dispatch(self, connection: H2Connection, stream: Stream) -> None: ...
 
@@ -48,15 +37,18 @@ class H2Connection(ConnectionState, asyncio.Protocol):
     """The reading side: preface, frame parsing, HEADERS/CONTINUATION/DATA into streams."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
-        super().__init__()
+        super().__init__(dispatcher.shared)
         self._dispatcher = dispatcher
-        self._limit = dispatcher.max_message + 5
+        self._limit = self.shared.max_message + 5
         self._buf = bytearray()
         self._preface = False
-        self._decoder = HeaderDecoder()
+        self._settings_seen = False
+        self._decoder = HeaderDecoder(self.shared.limits.max_header_block_bytes)
         self._cont: tuple[int, int, list[bytes]] | None = None  # sid, flags, block so far
-        self._recv_window = CONNECTION_WINDOW
-        self._recv_unacked = 0
+        self._cont_bytes = 0
+        self._cont_frames = 0
+        self.opened = self.last_stream = time.monotonic()
+        self.reading_paused = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -72,14 +64,26 @@ class H2Connection(ConnectionState, asyncio.Protocol):
                 if sock.family == socket.AF_INET6
                 else f"ipv4:{address[0]}:{address[1]}"
             )
-        transport.write(_SERVER_PREFACE)
+        transport.set_write_buffer_limits(high=self.shared.limits.write_buffer_high_bytes)
+        transport.write(self.shared.preface)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for stream in self.streams.values():
-            stream.stop()
-        self.streams.clear()
+        self._stop_streams()
         self.transport = None
         self._dispatcher.closed(self)
+
+    def pause_writing(self) -> None:
+        """The client is not reading what we send: stop reading what it sends."""
+        if self.transport is not None and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+            self.shared.stats.hit("write_backpressure", self.peer, "not reading")
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self.reading_paused:
+            self.reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -96,14 +100,39 @@ class H2Connection(ConnectionState, asyncio.Protocol):
                 if consumed < len(data):
                     self._buf += data[consumed:]
         except f.H2Error as exc:
-            self._fail(exc.code, str(exc))
+            self._fail(exc.code, str(exc), exc.reason)
         except Exception as exc:  # a bug must cost one connection, never the server
             log.exception("HTTP/2 connection failed")
-            self._fail(f.INTERNAL_ERROR, f"{type(exc).__name__}")
+            self._fail(f.INTERNAL_ERROR, f"{type(exc).__name__}", "internal_error")
         finally:
             self.out = None
-            if out and self.transport is not None:
+            if out and self.transport is not None and not self.transport.is_closing():
                 self.transport.write(b"".join(out))
+
+    # -- timeouts (called about once a second by the server) ------------------------------
+
+    def tick(self, now: float) -> None:
+        limits = self.shared.limits
+        if self.transport is None or self.transport.is_closing():
+            return
+        if not self._preface:
+            if now - self.opened > limits.preface_timeout_seconds:
+                self.out = None
+                self._fail(f.PROTOCOL_ERROR, "no HTTP/2 preface in time", "preface_timeout")
+            return
+        if not self.streams:
+            if now - self.last_stream > limits.idle_timeout_seconds and not self.going_away:
+                self.closed_reason = "idle_timeout"
+                self.shared.stats.connection_closed("idle_timeout", self.peer, "no streams")
+                self.shutdown()
+            return
+        timeout = limits.incomplete_request_timeout_seconds
+        for stream in list(self.streams.values()):
+            if not stream.received_all and now - stream.opened > timeout:
+                detail = f"request not received in full within {timeout:g} s"
+                self.shared.stats.hit("incomplete_request_timeout", self.peer, detail)
+                self.sender.status(stream, DEADLINE_EXCEEDED, detail)
+        self.budget.regrant(self.streams)  # the server-wide cap may have room again
 
     # -- frames --------------------------------------------------------------------------
 
@@ -129,6 +158,10 @@ class H2Connection(ConnectionState, asyncio.Protocol):
                     break
                 pos = end
                 sid &= 0x7FFFFFFF
+                if not self._settings_seen:
+                    if ftype != f.SETTINGS or flags & f.ACK:
+                        raise f.H2Error(f.PROTOCOL_ERROR, "the preface must end with SETTINGS")
+                    self._settings_seen = True
                 if self._cont is not None and ftype != f.CONTINUATION:
                     raise f.H2Error(f.PROTOCOL_ERROR, "expected CONTINUATION")
                 if ftype == f.DATA:
@@ -143,41 +176,50 @@ class H2Connection(ConnectionState, asyncio.Protocol):
         length = end - start
         if sid == 0:
             raise f.H2Error(f.PROTOCOL_ERROR, "DATA on stream 0")
-        self._recv_window -= length
-        if self._recv_window < 0:
-            raise f.H2Error(f.FLOW_CONTROL_ERROR, "peer overran the connection window")
-        self._recv_unacked += length
-        if self._recv_unacked >= CONNECTION_WINDOW // 2:
-            self._write(f.window_update(0, self._recv_unacked))
-            self._recv_window += self._recv_unacked
-            self._recv_unacked = 0
+        self.budget.take(length)
+        if not length and not flags & f.END_STREAM:
+            self.guard.count(EMPTY)
         stream = self.streams.get(sid)
         if stream is None or stream.received_all:
             if sid > self.last_sid:
                 raise f.H2Error(f.PROTOCOL_ERROR, "DATA on an idle stream")
-            return  # a stream already answered or reset: flow control counted, data dropped
+            self.budget.give_back(length)  # dropped
+            if stream is not None:  # half-closed (remote)
+                self._reset(stream, f.STREAM_CLOSED)
+            return  # a stream already answered or reset: data dropped
+        stream.recv_credit -= length
+        if stream.recv_credit < 0:
+            self.budget.give_back(length)
+            self._reset(stream, f.FLOW_CONTROL_ERROR)
+            return
         if flags & f.PADDED:
             end -= _padding(view, start, end)
             start += 1
         stream.body += view[start:end]
+        self.budget.hold(stream, end - start)
+        self.budget.give_back(length)
         if len(stream.body) > self._limit:
-            self.sender.status(
-                stream,
-                RESOURCE_EXHAUSTED,
-                f"Received message larger than max ({len(stream.body) - 5} vs. {self._limit - 5})",
-            )  # the stream is finished: RST_STREAM(NO_ERROR) stops the upload
+            detail = (
+                f"Received message larger than max ({len(stream.body) - 5} vs. {self._limit - 5})"
+            )
+            self.shared.stats.hit("message_too_large", self.peer, detail)
+            self.sender.status(stream, RESOURCE_EXHAUSTED, detail)  # RST(NO_ERROR) stops it
         elif flags & f.END_STREAM:
-            stream.received_all = True
-            self._dispatcher.dispatch(self, stream)
+            self._complete(stream)
         else:
-            stream.recv_unacked += length
-            if stream.recv_unacked >= STREAM_WINDOW // 2:
-                self._write(f.window_update(sid, stream.recv_unacked))
-                stream.recv_unacked = 0
+            self.budget.grant(stream, self.streams)
+
+    def _complete(self, stream: Stream) -> None:
+        """The request is in: the application takes its bytes."""
+        stream.received_all = True
+        self.budget.release(stream, self.streams)
+        self._dispatcher.dispatch(self, stream)
 
     def _on_headers(self, view: memoryview, start: int, end: int, flags: int, sid: int) -> None:
         if sid == 0 or not sid & 1:
             raise f.H2Error(f.PROTOCOL_ERROR, f"HEADERS on stream {sid}")
+        if start == end and not flags & f.END_HEADERS:
+            self.guard.count(EMPTY)
         if flags & f.PADDED:
             end -= _padding(view, start, end)
             start += 1
@@ -185,19 +227,30 @@ class H2Connection(ConnectionState, asyncio.Protocol):
             start += 5
         if end < start:
             raise f.H2Error(f.PROTOCOL_ERROR, "HEADERS shorter than its padding and priority")
+        if end - start > self.shared.limits.max_header_block_bytes:
+            raise _too_large(f"header block over {self.shared.limits.max_header_block_bytes}")
         block = bytes(view[start:end])
         if flags & f.END_HEADERS:
             self._on_header_block(sid, flags, block)
         else:
             self._cont = (sid, flags, [block])
+            self._cont_bytes = len(block)
+            self._cont_frames = 0
 
     def _on_continuation(self, sid: int, flags: int, payload: bytes) -> None:
         if self._cont is None or self._cont[0] != sid:
             raise f.H2Error(f.PROTOCOL_ERROR, "CONTINUATION without HEADERS")
+        if not payload and not flags & f.END_HEADERS:
+            self.guard.count(EMPTY)
+        limits = self.shared.limits
+        self._cont_frames += 1
+        self._cont_bytes += len(payload)
+        if self._cont_frames > limits.max_continuation_frames:
+            raise _too_large(f"more than {limits.max_continuation_frames} CONTINUATION frames")
+        if self._cont_bytes > limits.max_header_block_bytes:
+            raise _too_large(f"header block over {limits.max_header_block_bytes} bytes")
         parts = self._cont[2]
         parts.append(payload)
-        if sum(map(len, parts)) > MAX_HEADER_BLOCK:
-            raise f.H2Error(f.ENHANCE_YOUR_CALM, "header block too large")
         if flags & f.END_HEADERS:
             first_flags = self._cont[1]
             self._cont = None
@@ -207,17 +260,25 @@ class H2Connection(ConnectionState, asyncio.Protocol):
         head = self._decoder.decode(block)  # always: the HPACK table must follow the peer
         stream = self.streams.get(sid)
         if stream is not None:  # trailers ending the request
-            if stream.received_all or not flags & f.END_STREAM:
+            if stream.received_all:
+                self._reset(stream, f.STREAM_CLOSED)
+            elif not flags & f.END_STREAM:
                 self._reset(stream, f.PROTOCOL_ERROR)
             else:
-                stream.received_all = True
-                self._dispatcher.dispatch(self, stream)
+                self._complete(stream)
             return
         if sid <= self.last_sid:
-            self._write(f.rst_stream(sid, f.STREAM_CLOSED))
-            return
+            raise f.H2Error(f.PROTOCOL_ERROR, f"HEADERS on closed stream {sid}")
         self.last_sid = sid
-        if self.going_away or len(self.streams) >= MAX_STREAMS:
+        if self.going_away:
+            self._write(f.rst_stream(sid, f.REFUSED_STREAM))
+            return
+        if head.malformed:
+            self._write(f.rst_stream(sid, f.PROTOCOL_ERROR))
+            return
+        limit = self._refusal()
+        if limit is not None:
+            self.shared.stats.hit(limit, self.peer, f"stream {sid} refused")
             self._write(f.rst_stream(sid, f.REFUSED_STREAM))
             return
         if head.problem is not None:
@@ -225,13 +286,36 @@ class H2Connection(ConnectionState, asyncio.Protocol):
             if not flags & f.END_STREAM:
                 self._write(f.rst_stream(sid, f.NO_ERROR))
             return
-        stream = Stream(sid, head, self.sender.initial_window)
+        now = time.monotonic()
+        self.last_stream = now
+        stream = Stream(
+            sid,
+            head,
+            self.sender.initial_window,
+            self.shared.limits.initial_stream_window_bytes,
+            now,
+        )
         if head.timeout is not None:
-            stream.deadline = time.monotonic() + head.timeout
+            stream.deadline = now + head.timeout
         self.streams[sid] = stream
         if flags & f.END_STREAM:
-            stream.received_all = True
-            self._dispatcher.dispatch(self, stream)
+            self._complete(stream)
+
+    def _refusal(self) -> str | None:
+        """The limit that refuses a new stream, if one does."""
+        if len(self.streams) >= self.shared.limits.max_concurrent_streams:
+            return "max_concurrent_streams"
+        if self.shared.buffered >= self.shared.limits.server_buffer_bytes:
+            return "server_buffer"
+        return None
+
+    def _finish(self, stream: Stream) -> None:
+        self.last_stream = time.monotonic()
+        super()._finish(stream)
+
+
+def _too_large(message: str) -> f.H2Error:
+    return f.H2Error(f.ENHANCE_YOUR_CALM, message, reason="header_block_too_large")
 
 
 def _padding(view: memoryview, start: int, end: int) -> int:
