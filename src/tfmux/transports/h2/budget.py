@@ -1,13 +1,14 @@
-"""Receive flow control of one connection, tied to the request bytes it holds.
+"""Receive flow control of one connection, tied to the request bytes it may hold.
 
-Memory is bounded by stream windows: a stream's window is re-opened (WINDOW_UPDATE) only while
-the bytes it already holds fit the caps, i.e. while the connection holds fewer than
-``connection_buffer_bytes`` and the server fewer than ``server_buffer_bytes`` of unfinished
-requests. Past the connection cap only the connection's oldest unfinished request keeps
-receiving (so one message of the maximum size always gets through); the others wait, their
-windows closed, until a request completes and the application takes its bytes, or the request
-times out. The connection window returns credit for bytes a stream accepted within its window
-(or that were dropped), so it paces throughput and the stream windows bound memory.
+A stream *commits* the bytes it holds plus the window it still has (what the peer may send
+without asking). Memory is bounded by commitments: a stream's window is re-opened
+(WINDOW_UPDATE) only as far as the connection's commitments stay under
+``connection_buffer_bytes`` and the server's under ``server_buffer_bytes``. Past the connection
+cap only the connection's oldest unfinished request keeps receiving (so one message of the
+maximum size always gets through); the others wait, windows closed, until a request completes
+and the application takes its bytes, or the request times out. The connection window returns
+credit for bytes a stream accepted within its window (or that were dropped): it paces
+throughput, and the stream windows bound memory.
 """
 
 from __future__ import annotations
@@ -50,7 +51,17 @@ class ReceiveBudget:
             self.window += self._unacked
             self._unacked = 0
 
-    def hold(self, stream: Stream, length: int) -> None:
+    def open(self, stream: Stream) -> None:
+        """A new stream commits its initial window."""
+        self._commit(stream, stream.recv_credit)
+
+    def received(self, stream: Stream, length: int, kept: int) -> None:
+        """``length`` bytes of the stream's window arrived, ``kept`` of them (no padding)
+        now held in its body."""
+        stream.recv_credit -= length
+        self._commit(stream, kept - length)
+
+    def _commit(self, stream: Stream, length: int) -> None:
         stream.held += length
         self.buffered += length
         self.shared.buffered += length
@@ -69,22 +80,23 @@ class ReceiveBudget:
                 self.regrant(streams)
 
     def grant(self, stream: Stream, streams: dict[int, Stream]) -> None:
-        """Re-open the stream's window if it runs low and the caps allow."""
+        """Re-open the stream's window if it runs low, as far as the caps allow."""
         if stream.recv_credit > self._stream_window // 2:
             return
-        limit = self._blocking_cap(stream, streams)
+        wanted = self._stream_window - stream.recv_credit
+        increment, limit = self._allowed(stream, streams, wanted)
         if limit is not None:
             if not stream.starved:
                 stream.starved = True
                 self.starved += 1
-                detail = f"stream {stream.id} waits ({self.buffered} bytes held)"
+                detail = f"stream {stream.id} waits ({self.buffered} bytes committed)"
                 self.shared.stats.hit(limit, self._peer(), detail)
             return
         if stream.starved:
             stream.starved = False
             self.starved -= 1
-        increment = self._stream_window - stream.recv_credit
         stream.recv_credit += increment
+        self._commit(stream, increment)
         self._write(f.window_update(stream.id, increment))
 
     def regrant(self, streams: dict[int, Stream]) -> None:
@@ -95,11 +107,19 @@ class ReceiveBudget:
             if stream.starved:
                 self.grant(stream, streams)
 
-    def _blocking_cap(self, stream: Stream, streams: dict[int, Stream]) -> str | None:
-        """The cap that keeps ``stream`` from receiving more, if any."""
-        if self.shared.buffered >= self._server_cap:
-            return "server_buffer"
-        if self.buffered < self._cap:
-            return None
+    def _allowed(
+        self, stream: Stream, streams: dict[int, Stream], wanted: int
+    ) -> tuple[int, str | None]:
+        """How much window the stream may get now, or the cap that holds it back."""
+        server_room = self._server_cap - self.shared.buffered
+        if server_room < _MIN_GRANT:
+            return 0, "server_buffer"
         oldest = next((s for s in streams.values() if not s.received_all), None)
-        return None if stream is oldest else "connection_buffer"
+        room = wanted if stream is oldest else self._cap - self.buffered
+        increment = min(wanted, room, server_room)
+        if increment < min(_MIN_GRANT, wanted):
+            return 0, "connection_buffer"
+        return increment, None
+
+
+_MIN_GRANT = 16 * 1024  # smaller window updates cost more than they carry

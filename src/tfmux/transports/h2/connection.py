@@ -49,6 +49,7 @@ class H2Connection(ConnectionState, asyncio.Protocol):
         self._cont_frames = 0
         self.opened = self.last_stream = time.monotonic()
         self.reading_paused = False
+        self._ready: list[Stream] = []  # complete requests of the current read
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -99,12 +100,15 @@ class H2Connection(ConnectionState, asyncio.Protocol):
                 consumed = self._parse(data)
                 if consumed < len(data):
                     self._buf += data[consumed:]
+            if self._ready:
+                self._dispatch_ready()
         except f.H2Error as exc:
             self._fail(exc.code, str(exc), exc.reason)
         except Exception as exc:  # a bug must cost one connection, never the server
             log.exception("HTTP/2 connection failed")
             self._fail(f.INTERNAL_ERROR, f"{type(exc).__name__}", "internal_error")
         finally:
+            self._ready.clear()
             self.out = None
             if out and self.transport is not None and not self.transport.is_closing():
                 self.transport.write(b"".join(out))
@@ -187,8 +191,7 @@ class H2Connection(ConnectionState, asyncio.Protocol):
             if stream is not None:  # half-closed (remote)
                 self._reset(stream, f.STREAM_CLOSED)
             return  # a stream already answered or reset: data dropped
-        stream.recv_credit -= length
-        if stream.recv_credit < 0:
+        if length > stream.recv_credit:
             self.budget.give_back(length)
             self._reset(stream, f.FLOW_CONTROL_ERROR)
             return
@@ -196,7 +199,7 @@ class H2Connection(ConnectionState, asyncio.Protocol):
             end -= _padding(view, start, end)
             start += 1
         stream.body += view[start:end]
-        self.budget.hold(stream, end - start)
+        self.budget.received(stream, length, end - start)
         self.budget.give_back(length)
         if len(stream.body) > self._limit:
             detail = (
@@ -210,10 +213,17 @@ class H2Connection(ConnectionState, asyncio.Protocol):
             self.budget.grant(stream, self.streams)
 
     def _complete(self, stream: Stream) -> None:
-        """The request is in: the application takes its bytes."""
+        """The request is in: the application takes its bytes once the read is parsed (a
+        stream reset in the same read never starts its handler: rapid reset costs less)."""
         stream.received_all = True
         self.budget.release(stream, self.streams)
-        self._dispatcher.dispatch(self, stream)
+        self._ready.append(stream)
+
+    def _dispatch_ready(self) -> None:
+        ready, self._ready = self._ready, []
+        for stream in ready:
+            if not stream.closed:
+                self._dispatcher.dispatch(self, stream)
 
     def _on_headers(self, view: memoryview, start: int, end: int, flags: int, sid: int) -> None:
         if sid == 0 or not sid & 1:
@@ -298,6 +308,7 @@ class H2Connection(ConnectionState, asyncio.Protocol):
         if head.timeout is not None:
             stream.deadline = now + head.timeout
         self.streams[sid] = stream
+        self.budget.open(stream)
         if flags & f.END_STREAM:
             self._complete(stream)
 

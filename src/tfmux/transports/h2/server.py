@@ -129,8 +129,8 @@ class _Refused(asyncio.Protocol):
         message = f"server at its connection limit ({limit})"
         transport.write(self._shared.preface + f.goaway(0, f.NO_ERROR, message.encode()))
         transport.close()
-        peer = transport.get_extra_info("peername") or "?"
-        self._shared.stats.connection_closed("connection_limit", str(peer), message)
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        self._shared.stats.connection_closed("connection_limit", f"{peer[0]}:{peer[1]}", message)
 
 
 def _listen(host: str, port: int) -> list[socket.socket]:
