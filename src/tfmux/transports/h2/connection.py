@@ -21,6 +21,10 @@ from tfmux.transports.h2.stream import Stream
 log = logging.getLogger("tfmux.grpc.h2")
 
 RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED = 8, 4
+# Work one parse may do before yielding to other connections: frames count 1, header blocks
+# (HPACK decoding, a new stream) 16 more. A read of many small frames is parsed in slices.
+_SLICE_WORK = 512
+_HEADER_WORK = 16
 
 
 class Dispatcher(Protocol):
@@ -50,6 +54,8 @@ class H2Connection(ConnectionState, asyncio.Protocol):
         self.opened = self.last_stream = time.monotonic()
         self.reading_paused = False
         self._ready: list[Stream] = []  # complete requests of the current read
+        self._sliced = False  # the last parse stopped at its work budget
+        self._slice_pending = False  # reading paused until the next slice is parsed
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -83,25 +89,37 @@ class H2Connection(ConnectionState, asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.transport is not None and self.reading_paused:
             self.reading_paused = False
-            if not self.transport.is_closing():
+            if not self.transport.is_closing() and not self._slice_pending:
                 self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             return
+        if self._buf or self._slice_pending:
+            self._buf += data
+            if not self._slice_pending:
+                self._consume(self._buf)
+        else:
+            self._consume(data)
+
+    def _consume(self, buf: bytes | bytearray) -> None:
+        """Parse what ``buf`` holds (one slice of work at most), keep the rest in ``_buf``."""
+        assert self.transport is not None
         out: list[bytes] = []
         self.out = out
         try:
-            if self._buf:
-                self._buf += data
-                consumed = self._parse(self._buf)
+            consumed = self._parse(buf)
+            if buf is self._buf:
                 del self._buf[:consumed]
-            else:
-                consumed = self._parse(data)
-                if consumed < len(data):
-                    self._buf += data[consumed:]
+            elif consumed < len(buf):
+                self._buf += buf[consumed:]
             if self._ready:
                 self._dispatch_ready()
+            if self._sliced:  # more work than one slice: let other connections run first
+                self._sliced = False
+                self._slice_pending = True
+                self.transport.pause_reading()
+                asyncio.get_running_loop().call_soon(self._next_slice)
         except f.H2Error as exc:
             self._fail(exc.code, str(exc), exc.reason)
         except Exception as exc:  # a bug must cost one connection, never the server
@@ -110,8 +128,17 @@ class H2Connection(ConnectionState, asyncio.Protocol):
         finally:
             self._ready.clear()
             self.out = None
-            if out and self.transport is not None and not self.transport.is_closing():
+            if out and not self.transport.is_closing():
                 self.transport.write(b"".join(out))
+
+    def _next_slice(self) -> None:
+        self._slice_pending = False
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._consume(self._buf)
+        if not self._slice_pending and not self.reading_paused and self.transport is not None:
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
 
     # -- timeouts (called about once a second by the server) ------------------------------
 
@@ -150,8 +177,12 @@ class H2Connection(ConnectionState, asyncio.Protocol):
                 return 0
             self._preface = True
             pos = 24
+        work = _SLICE_WORK
         with memoryview(buf) as view:
             while n - pos >= 9:
+                if work <= 0:
+                    self._sliced = True
+                    break
                 hi, lo, ftype, flags, sid = f.FRAME_HEADER.unpack_from(buf, pos)
                 length = (hi << 8) | lo
                 if length > MAX_RECV_FRAME:
@@ -168,9 +199,11 @@ class H2Connection(ConnectionState, asyncio.Protocol):
                     self._settings_seen = True
                 if self._cont is not None and ftype != f.CONTINUATION:
                     raise f.H2Error(f.PROTOCOL_ERROR, "expected CONTINUATION")
+                work -= 1
                 if ftype == f.DATA:
                     self._on_data(view, start, end, flags, sid)
                 elif ftype == f.HEADERS:
+                    work -= _HEADER_WORK
                     self._on_headers(view, start, end, flags, sid)
                 else:
                     self._on_control(ftype, flags, sid, bytes(view[start:end]))

@@ -203,6 +203,8 @@ class Sender:
         self.initial_window = value
         for stream in streams:
             stream.window += delta
+            if stream.window > f.MAX_WINDOW:
+                raise f.H2Error(f.FLOW_CONTROL_ERROR, "a stream window above 2^31-1")
         if delta > 0:
             self.flush()
 
