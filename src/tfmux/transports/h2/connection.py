@@ -136,9 +136,10 @@ class H2Connection(ConnectionState, asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self._consume(self._buf)
-        if not self._slice_pending and not self.reading_paused and self.transport is not None:
-            if not self.transport.is_closing():
-                self.transport.resume_reading()
+        transport = self.transport
+        idle = not self._slice_pending and not self.reading_paused
+        if idle and transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     # -- timeouts (called about once a second by the server) ------------------------------
 
