@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import hpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tfmux.transports.h2 import H2GrpcServer
@@ -38,8 +38,14 @@ ALLOWED_GOAWAY = {
     f.COMPRESSION_ERROR,
     f.ENHANCE_YOUR_CALM,
 }
+# No "explain" phase: it traces every line, far too slow on a shared 2-core machine.
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink)
 FUZZ = settings(
-    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=250,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
+    phases=PHASES,
 )
 
 
@@ -125,16 +131,19 @@ def feed(
         connection: Any = server._connection()
         transport = Transport()
         connection.connection_made(transport)
-        bounds = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-        for start, end in itertools.pairwise(bounds):
-            if transport.closing:
-                break
-            connection.data_received(data[start:end])
-            await asyncio.sleep(0)
-        for _ in range(3):  # slices still queued, handlers started
-            await asyncio.sleep(0)
-        connection.abort()
-        connection.connection_lost(None)
+        try:
+            bounds = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+            for start, end in itertools.pairwise(bounds):
+                if transport.closing:
+                    break
+                connection.data_received(data[start:end])
+                await asyncio.sleep(0)
+            for _ in range(3):  # slices still queued, handlers started
+                await asyncio.sleep(0)
+        finally:
+            transport.closing = False  # abort() may still write its answers
+            connection.abort()
+            connection.connection_lost(None)
         await asyncio.sleep(0)
         return bytes(transport.written)
 
@@ -240,7 +249,7 @@ def test_valid_request_after_any_frames_is_answered_or_refused(
     assert answered
 
 
-@settings(max_examples=25, deadline=None, database=None)
+@settings(max_examples=25, deadline=None, database=None, phases=PHASES)
 @given(st.lists(frame_strategy, min_size=1, max_size=16))
 def test_real_server_keeps_serving_after_fuzzed_connections(frames: list[bytes]) -> None:
     served = _real()
