@@ -90,8 +90,13 @@ class Probe(threading.Thread):
                     conn.acks = 0
                     break
             self.worst = max(self.worst, time.monotonic() - sent)
-            self.peak_rss = max(self.peak_rss, rss(self.pid))
             time.sleep(0.01)
+
+    def sample_memory(self) -> None:
+        """RSS every 20 ms, in a thread of its own (a stalled server delays the PINGs)."""
+        while not self.stop.is_set():
+            self.peak_rss = max(self.peak_rss, rss(self.pid))
+            time.sleep(0.02)
 
 
 def good_call(port: int) -> str:
@@ -126,6 +131,7 @@ def run_one(name: str, duration: float, src: str | None) -> dict[str, Any]:
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             pool.apply(attacks.prepare, (name,))
             probe.start()
+            threading.Thread(target=probe.sample_memory, daemon=True).start()
             result = pool.apply(attacks.ATTACKS[name], ("127.0.0.1", port, duration))
         time.sleep(2.0)
         probe.stop.set()

@@ -181,6 +181,8 @@ class H2Connection(ConnectionState, asyncio.Protocol):
         work = _SLICE_WORK
         with memoryview(buf) as view:
             while n - pos >= 9:
+                if self.transport is None or self.transport.is_closing():
+                    break  # closed by what was just parsed (a GOAWAY): the rest is moot
                 if work <= 0:
                     self._sliced = True
                     break

@@ -60,6 +60,8 @@ class ConnectionState:
             self.guard.count(CONTROL)
             if sid != 0:
                 raise f.H2Error(f.PROTOCOL_ERROR, "GOAWAY on a stream")
+            if len(payload) < 8:
+                raise f.H2Error(f.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
             self.going_away = True
             self._maybe_close()
         elif ftype == f.PUSH_PROMISE:
@@ -165,12 +167,13 @@ class ConnectionState:
             self._flush_and_close()
 
     def _flush_and_close(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
         if self.out:
-            assert self.transport is not None
-            self.transport.write(b"".join(self.out))
+            transport.write(b"".join(self.out))
             self.out.clear()
-        if self.transport is not None:
-            self.transport.close()
+        transport.close()
 
     def _stop_streams(self) -> None:
         for stream in list(self.streams.values()):
