@@ -52,7 +52,7 @@ class FrameReader(ConnectionState):
         work = SLICE_WORK
         with memoryview(buf) as view:
             while n - pos >= 9:
-                if self.transport is None or self.transport.is_closing():
+                if self.going_away and (self.transport is None or self.transport.is_closing()):
                     break  # closed by what was just parsed (a GOAWAY): the rest is moot
                 if work <= 0:
                     self._sliced = True
