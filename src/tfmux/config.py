@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tfmux.transports.h2.limits import H2Limits
+
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9_]+$")
 MiB = 1024 * 1024
@@ -173,6 +175,7 @@ class ServerConfig(BaseModel):
         default="tfmux",
         description="gRPC server: tfmux's own HTTP/2 server (fast), or grpc.aio as a fallback",
     )
+    h2: H2Limits = Field(default_factory=H2Limits)  # limits of tfmux's own gRPC server
     inference_threads: int = Field(default=4, ge=1)
     max_concurrent_loads: int = Field(default=2, ge=1)
     request_timeout_ms: int | None = Field(default=None, gt=0)

@@ -22,6 +22,7 @@ from tfmux.core.service import Management, ServingService
 from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.transports import openapi
 from tfmux.transports.grpc_server import GrpcServer, Registrar, start_grpc_server
+from tfmux.transports.h2.stats import H2Collector, H2Stats
 from tfmux.transports.ops_rest import OpsRest
 from tfmux.transports.rest import RestApp, Route
 from tfmux.transports.tfs_grpc import TfServingGrpc
@@ -115,6 +116,8 @@ class TfmuxServer:
         )
         self.poller = RepositoryPoller(self.manager, config.poll_interval_seconds)
         self.metrics.watch(self.manager)
+        self.h2_stats = H2Stats()  # what the gRPC port's HTTP/2 limits did, in /metrics
+        self.metrics.registry.register(H2Collector(self.h2_stats))
         timeout = config.request_timeout_ms / 1000 if config.request_timeout_ms else None
         management = Management(
             config.management, config.admin_token, tuple(config.model_repositories)
@@ -184,6 +187,8 @@ class TfmuxServer:
                 self.config.max_grpc_message_bytes,
                 self.grpc_registrars,
                 self.config.grpc_implementation,
+                self.config.h2,
+                self.h2_stats,
             )
         if self.config.poll_interval_seconds > 0:
             self.poller.start()

@@ -15,6 +15,8 @@ import grpc
 
 from tfmux.errors import ErrorKind, ServingError
 from tfmux.transports.h2 import H2GrpcServer
+from tfmux.transports.h2.limits import H2Limits
+from tfmux.transports.h2.stats import H2Stats
 
 ROUTING_KEY = "x-routing-key"
 GrpcImplementation = Literal["tfmux", "grpcio"]
@@ -48,10 +50,13 @@ async def start_grpc_server(
     max_message_bytes: int,
     registrars: Sequence[Registrar],
     implementation: GrpcImplementation = "tfmux",
+    limits: H2Limits | None = None,
+    stats: H2Stats | None = None,
 ) -> tuple[GrpcServer, int]:
-    """Start serving; returns the server and the port it bound (``port`` 0 picks one)."""
+    """Start serving; returns the server and the port it bound (``port`` 0 picks one).
+    ``limits`` and ``stats`` are for tfmux's own server (grpc.aio has limits of its own)."""
     if implementation == "tfmux":
-        server = H2GrpcServer(max_message_bytes)
+        server = H2GrpcServer(max_message_bytes, limits, stats)
         for register in registrars:
             register(server)
         try:

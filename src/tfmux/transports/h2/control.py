@@ -1,17 +1,17 @@
 """The state an HTTP/2 connection shares between reading and writing: its streams, send
-windows and closing, and the control frames (SETTINGS, PING, WINDOW_UPDATE, RST_STREAM,
-GOAWAY, PRIORITY) that act on it. ``connection.H2Connection`` adds the reading side.
+windows, receive budget, flood guard and closing, and the control frames (SETTINGS, PING,
+WINDOW_UPDATE, RST_STREAM, GOAWAY, PRIORITY) that act on it. ``connection.H2Connection`` adds
+the reading side.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from tfmux.transports.h2 import frames as f
+from tfmux.transports.h2.budget import ReceiveBudget
+from tfmux.transports.h2.guard import CONTROL, PINGS, RESETS, SETTINGS, FloodGuard, Shared
 from tfmux.transports.h2.stream import Sender, Stream
-
-log = logging.getLogger("tfmux.grpc.h2")
 
 UNAVAILABLE = 14
 _SETTINGS_ACK = f.frame(f.SETTINGS, f.ACK, 0)
@@ -20,59 +20,99 @@ _SETTINGS_ACK = f.frame(f.SETTINGS, f.ACK, 0)
 class ConnectionState:
     """Streams, windows, writes and closing of one connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Stream] = {}
         self.last_sid = 0
         self.going_away = False
+        self.closed_reason: str | None = None
         self.peer = ""
         self.out: list[bytes] | None = None  # collects writes while a read is parsed
         self.sender = Sender(self._write, self._finish)
+        self.budget = ReceiveBudget(shared, self._write, lambda: self.peer)
+        self.guard = FloodGuard(shared.limits)
 
     def _on_continuation(self, sid: int, flags: int, payload: bytes) -> None:
         raise NotImplementedError
 
     def _on_control(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
         if ftype == f.WINDOW_UPDATE:
-            if len(payload) != 4:
-                raise f.H2Error(f.FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
-            increment = f.u32(payload) & 0x7FFFFFFF
-            if sid == 0:
-                if increment == 0:
-                    raise f.H2Error(f.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
-                self.sender.connection_window(increment)
-            elif (stream := self.streams.get(sid)) is not None:
-                if increment == 0:
-                    self._reset(stream, f.PROTOCOL_ERROR)
-                else:
-                    self.sender.stream_window(stream, increment)
+            self.guard.count(CONTROL)
+            self._on_window_update(sid, payload)
         elif ftype == f.SETTINGS:
+            self.guard.count(CONTROL if flags & f.ACK else SETTINGS)
             self._on_settings(flags, sid, payload)
         elif ftype == f.PING:
-            if sid != 0 or len(payload) != 8:
-                raise f.H2Error(f.PROTOCOL_ERROR, "malformed PING")
+            self.guard.count(CONTROL if flags & f.ACK else PINGS)
+            if sid != 0:
+                raise f.H2Error(f.PROTOCOL_ERROR, "PING on a stream")
+            if len(payload) != 8:
+                raise f.H2Error(f.FRAME_SIZE_ERROR, "PING length")
             if not flags & f.ACK:
                 self._write(f.frame(f.PING, f.ACK, 0, payload))
         elif ftype == f.RST_STREAM:
-            if sid == 0 or len(payload) != 4:
-                raise f.H2Error(f.PROTOCOL_ERROR, "malformed RST_STREAM")
-            stream = self.streams.pop(sid, None)
-            if stream is not None:
-                self.sender.forget(stream)
-                stream.stop()
-                self._maybe_close()
-            elif sid > self.last_sid:
-                raise f.H2Error(f.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+            self.guard.count(RESETS)
+            self._on_rst_stream(sid, payload)
         elif ftype == f.CONTINUATION:
             self._on_continuation(sid, flags, payload)
         elif ftype == f.GOAWAY:
+            self.guard.count(CONTROL)
+            if sid != 0:
+                raise f.H2Error(f.PROTOCOL_ERROR, "GOAWAY on a stream")
+            if len(payload) < 8:
+                raise f.H2Error(f.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
             self.going_away = True
             self._maybe_close()
         elif ftype == f.PUSH_PROMISE:
             raise f.H2Error(f.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
-        elif ftype == f.PRIORITY and len(payload) != 5:
-            raise f.H2Error(f.FRAME_SIZE_ERROR, "PRIORITY length")
-        # PRIORITY and unknown frame types are ignored.
+        elif ftype == f.PRIORITY:
+            self.guard.count(CONTROL)
+            self._on_priority(sid, payload)
+        else:
+            self.guard.count(CONTROL)  # unknown frame types are ignored
+
+    def _on_window_update(self, sid: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise f.H2Error(f.FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
+        increment = f.u32(payload) & 0x7FFFFFFF
+        if sid == 0:
+            if increment == 0:
+                raise f.H2Error(f.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self.sender.connection_window(increment)
+        elif (stream := self.streams.get(sid)) is not None:
+            if increment == 0:
+                self._reset(stream, f.PROTOCOL_ERROR)
+            elif stream.window + increment > f.MAX_WINDOW:
+                self._reset(stream, f.FLOW_CONTROL_ERROR)
+            else:
+                self.sender.stream_window(stream, increment)
+        elif sid > self.last_sid:
+            raise f.H2Error(f.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
+
+    def _on_rst_stream(self, sid: int, payload: bytes) -> None:
+        if sid == 0:
+            raise f.H2Error(f.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            raise f.H2Error(f.FRAME_SIZE_ERROR, "RST_STREAM length")
+        stream = self.streams.pop(sid, None)
+        if stream is not None:
+            self._drop(stream)
+            stream.stop()
+            self._maybe_close()
+        elif sid > self.last_sid:
+            raise f.H2Error(f.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+
+    def _on_priority(self, sid: int, payload: bytes) -> None:
+        if sid == 0:
+            raise f.H2Error(f.PROTOCOL_ERROR, "PRIORITY on stream 0")
+        if len(payload) != 5 or f.u32(payload) & 0x7FFFFFFF == sid:
+            code = f.FRAME_SIZE_ERROR if len(payload) != 5 else f.PROTOCOL_ERROR
+            stream = self.streams.get(sid)
+            if stream is not None:
+                self._reset(stream, code)
+            else:
+                self._write(f.rst_stream(sid, code))
 
     def _on_settings(self, flags: int, sid: int, payload: bytes) -> None:
         if sid != 0:
@@ -100,9 +140,14 @@ class ConnectionState:
         elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
+    def _drop(self, stream: Stream) -> None:
+        """The stream left ``streams``: its bytes and send queue are released."""
+        self.sender.forget(stream)
+        self.budget.release(stream, self.streams)
+
     def _reset(self, stream: Stream, code: int) -> None:
         self.streams.pop(stream.id, None)
-        self.sender.forget(stream)
+        self._drop(stream)
         stream.stop()
         self._write(f.rst_stream(stream.id, code))
         self._maybe_close()
@@ -111,8 +156,10 @@ class ConnectionState:
         """The sender wrote the stream's last frame."""
         if stream.timer is not None:
             stream.timer.cancel()
-        if self.streams.pop(stream.id, None) is not None and not stream.received_all:
-            self._write(f.rst_stream(stream.id, f.NO_ERROR))  # answered before the upload ended
+        if self.streams.pop(stream.id, None) is not None:
+            self.budget.release(stream, self.streams)
+            if not stream.received_all:
+                self._write(f.rst_stream(stream.id, f.NO_ERROR))  # answered before the upload
         self._maybe_close()
 
     def _maybe_close(self) -> None:
@@ -120,19 +167,27 @@ class ConnectionState:
             self._flush_and_close()
 
     def _flush_and_close(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
         if self.out:
-            assert self.transport is not None
-            self.transport.write(b"".join(self.out))
+            transport.write(b"".join(self.out))
             self.out.clear()
-        if self.transport is not None:
-            self.transport.close()
+        transport.close()
 
-    def _fail(self, code: int, message: str) -> None:
-        log.debug("closing HTTP/2 connection from %s: %s", self.peer, message)
-        self._write(f.goaway(self.last_sid, code, message.encode()[:256]))
-        for stream in self.streams.values():
+    def _stop_streams(self) -> None:
+        for stream in list(self.streams.values()):
+            self.budget.release(stream, {})
             stream.stop()
         self.streams.clear()
+
+    def _fail(self, code: int, message: str, reason: str) -> None:
+        """A connection error: GOAWAY with ``code``, then close (counted under ``reason``)."""
+        if self.closed_reason is None:
+            self.closed_reason = reason
+            self.shared.stats.connection_closed(reason, self.peer, message)
+        self._write(f.goaway(self.last_sid, code, message.encode()[:256]))
+        self._stop_streams()
         self.going_away = True
         self._flush_and_close()
 
@@ -148,6 +203,6 @@ class ConnectionState:
         for stream in list(self.streams.values()):
             self.sender.status(stream, UNAVAILABLE, "server stopped")
             stream.stop()
-        self.streams.clear()
+        self._stop_streams()
         self.going_away = True
         self._flush_and_close()

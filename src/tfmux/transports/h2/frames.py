@@ -61,12 +61,22 @@ _U32 = struct.Struct(">L")
 _SETTING = struct.Struct(">HL")
 
 
-class H2Error(Exception):
-    """A connection error: answered with GOAWAY carrying ``code``, then the connection closes."""
+_REASONS = {
+    FLOW_CONTROL_ERROR: "flow_control_error",
+    FRAME_SIZE_ERROR: "frame_size_error",
+    COMPRESSION_ERROR: "compression_error",
+    INTERNAL_ERROR: "internal_error",
+}
 
-    def __init__(self, code: int, message: str) -> None:
+
+class H2Error(Exception):
+    """A connection error: answered with GOAWAY carrying ``code``, then the connection closes.
+    ``reason`` names it in metrics (``stats.CLOSE_REASONS``)."""
+
+    def __init__(self, code: int, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason or _REASONS.get(code, "protocol_error")
 
 
 def frame_header(length: int, ftype: int, flags: int, stream_id: int) -> bytes:

@@ -16,13 +16,17 @@ import hpack
 
 from tfmux.transports.h2.frames import COMPRESSION_ERROR, H2Error
 
-MAX_HEADER_LIST = 64 * 1024
 _CACHE_ENTRIES = 64
 _CACHE_BLOCK_BYTES = 2048
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 # Headers gRPC itself consumes; everything else (including user-agent) is call metadata.
 _NOT_METADATA = frozenset(
     {b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding"}
+)
+
+_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
 
 Metadata = tuple[tuple[str, str | bytes], ...]
@@ -32,7 +36,7 @@ class RequestHead:
     """The parts of a request's headers the server uses. Shared by every call whose header
     block was byte-identical, so it is never mutated after parsing."""
 
-    __slots__ = ("_metadata", "encoding", "headers", "path", "problem", "timeout")
+    __slots__ = ("_metadata", "encoding", "headers", "malformed", "path", "problem", "timeout")
 
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.headers = headers
@@ -40,6 +44,7 @@ class RequestHead:
         self.timeout: float | None = None
         self.encoding: bytes | None = None
         self.problem: int | None = None  # an HTTP status for requests that are not gRPC
+        self.malformed = _malformed(headers)  # RFC 9113 §8.1.1: answered RST(PROTOCOL_ERROR)
         self._metadata: Metadata | None = None
         method = content_type = path = None
         for name, value in headers:
@@ -79,6 +84,28 @@ class RequestHead:
         return self._metadata
 
 
+def _malformed(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A request head RFC 9113 §8.2-8.3 calls malformed: unknown, repeated or late
+    pseudo-headers, upper-case or connection-specific names, ``te`` other than trailers,
+    a missing or empty ``:method``, ``:scheme`` or ``:path``."""
+    seen: set[bytes] = set()
+    regular = False
+    for name, value in headers:
+        if name[:1] == b":":
+            if regular or name not in _PSEUDO or name in seen:
+                return True
+            seen.add(name)
+            if not value and name != b":authority":
+                return True
+        else:
+            regular = True
+            if name != name.lower() or name in _CONNECTION_SPECIFIC:
+                return True
+            if name == b"te" and value != b"trailers":
+                return True
+    return not {b":method", b":scheme", b":path"} <= seen
+
+
 def parse_timeout(value: bytes) -> float | None:
     """``grpc-timeout`` (1-8 digits and a unit) in seconds; None when malformed."""
     unit = _TIMEOUT_UNITS.get(value[-1:])
@@ -98,8 +125,8 @@ def _unbase64(value: bytes) -> bytes:
 class HeaderDecoder:
     """One connection's HPACK decoder with the block → RequestHead cache."""
 
-    def __init__(self) -> None:
-        self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
+    def __init__(self, max_header_list: int) -> None:
+        self._decoder = hpack.Decoder(max_header_list_size=max_header_list)
         self._table: Any = self._decoder.header_table
         self._cache: dict[bytes, RequestHead] = {}
 

@@ -11,10 +11,13 @@ import logging
 import time
 import zlib
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tfmux.transports.h2.context import ServicerContext
 from tfmux.transports.h2.frames import OK_TRAILERS
+from tfmux.transports.h2.guard import Shared
+from tfmux.transports.h2.inflate import WBITS, TooLarge, inflate
 from tfmux.transports.h2.stream import Sender, Stream
 
 if TYPE_CHECKING:
@@ -24,7 +27,6 @@ log = logging.getLogger("tfmux.grpc")
 
 OK, UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED = 0, 2, 4, 8
 UNIMPLEMENTED, INTERNAL = 12, 13
-_DECOMPRESSORS = {b"gzip": 31, b"deflate": 15}  # zlib wbits
 
 
 class _CallDetails(NamedTuple):
@@ -93,10 +95,14 @@ class Registry:
 class GrpcDispatcher:
     """Starts one task per complete request; what connections call (``Dispatcher``)."""
 
-    def __init__(self, registry: Registry, max_message: int) -> None:
+    def __init__(self, registry: Registry, shared: Shared) -> None:
         self.registry = registry
-        self.max_message = max_message
+        self.shared = shared
+        self.max_message = shared.max_message
         self.connections: set[H2Connection] = set()
+        self._inflater = ThreadPoolExecutor(
+            shared.limits.inflate_threads, thread_name_prefix="tfmux-inflate"
+        )
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -111,6 +117,10 @@ class GrpcDispatcher:
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
+
+    def close(self) -> None:
+        """Stop the inflate threads (the server has stopped)."""
+        self._inflater.shutdown(wait=False, cancel_futures=True)
 
     def dispatch(self, connection: H2Connection, stream: Stream) -> None:
         try:
@@ -127,18 +137,26 @@ class GrpcDispatcher:
             )
             connection.sender.status(stream, UNIMPLEMENTED, message)
             return
-        payload = self._unframe(connection, stream)
-        if payload is None:
+        unframed = self._unframe(connection, stream)
+        if unframed is None:
             return
+        payload, wbits = unframed
         context = ServicerContext(stream, connection.peer)
         loop = asyncio.get_running_loop()
-        stream.task = loop.create_task(self._run(connection, stream, method, payload, context))
+        if wbits is None:
+            call = self._run(connection, stream, method, payload, context)
+        else:
+            call = self._inflate_and_run(connection, stream, method, payload, wbits, context)
+        stream.task = loop.create_task(call)
         if stream.deadline is not None:
             delay = max(stream.deadline - time.monotonic(), 0.0)
             stream.timer = loop.call_later(delay, _deadline_passed, stream)
 
-    def _unframe(self, connection: H2Connection, stream: Stream) -> bytes | memoryview | None:
-        """The request's one message, or None after answering the framing's error."""
+    def _unframe(
+        self, connection: H2Connection, stream: Stream
+    ) -> tuple[memoryview, int | None] | None:
+        """The request's one message and its zlib wbits if compressed, or None after
+        answering the framing's error."""
         body = stream.body
         size = len(body) - 5
         if size < 0 or body[1:5] != size.to_bytes(4, "big"):
@@ -146,35 +164,50 @@ class GrpcDispatcher:
             return None
         payload = memoryview(body)[5:]
         if not body[0]:
-            return payload
-        wbits = _DECOMPRESSORS.get(stream.head.encoding or b"")
+            return payload, None
+        wbits = WBITS.get(stream.head.encoding or b"")
         if wbits is None:
             encoding = (stream.head.encoding or b"").decode("latin-1")
             connection.sender.status(
                 stream, UNIMPLEMENTED, f"unsupported grpc-encoding {encoding!r}"
             )
             return None
-        inflater = zlib.decompressobj(wbits)
+        return payload, wbits
+
+    async def _inflate_and_run(
+        self,
+        connection: H2Connection,
+        stream: Stream,
+        method: Method,
+        payload: memoryview,
+        wbits: int,
+        context: ServicerContext,
+    ) -> None:
+        """Inflate on the inflate threads (off the event loop), then run the call."""
+        loop = asyncio.get_running_loop()
+        limit = self.max_message
         try:
-            data = inflater.decompress(payload, self.max_message + 1)
+            data = await loop.run_in_executor(self._inflater, inflate, payload, wbits, limit)
+        except TooLarge:
+            detail = f"decompressed message larger than max ({limit})"
+            self.shared.stats.hit("inflated_too_large", connection.peer, detail)
+            connection.sender.status(stream, RESOURCE_EXHAUSTED, detail)
+            return
         except zlib.error as exc:
             connection.sender.status(stream, INTERNAL, f"cannot decompress the request: {exc}")
-            return None
-        if len(data) > self.max_message or inflater.unconsumed_tail:
-            connection.sender.status(
-                stream,
-                RESOURCE_EXHAUSTED,
-                f"decompressed message larger than max ({self.max_message})",
-            )
-            return None
-        return data
+            return
+        except asyncio.CancelledError:
+            if stream.deadline_hit:
+                connection.sender.status(stream, DEADLINE_EXCEEDED, "Deadline Exceeded")
+            return
+        await self._run(connection, stream, method, data, context)
 
     async def _run(
         self,
         connection: H2Connection,
         stream: Stream,
         method: Method,
-        payload: bytes | memoryview,
+        payload: bytes | bytearray | memoryview,
         context: ServicerContext,
     ) -> None:
         sender = connection.sender

@@ -7,21 +7,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
+from tfmux.transports.h2 import frames as f
 from tfmux.transports.h2.connection import H2Connection
+from tfmux.transports.h2.guard import Shared
+from tfmux.transports.h2.limits import H2Limits
 from tfmux.transports.h2.rpc import GrpcDispatcher, Registry
+from tfmux.transports.h2.stats import H2Stats
 
 
 class H2GrpcServer:
     """Unary gRPC over h2c. Register services, then ``await start(host, port)``."""
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        max_message_bytes: int,
+        limits: H2Limits | None = None,
+        stats: H2Stats | None = None,
+    ) -> None:
+        self.limits = limits or H2Limits()
+        self.shared = Shared(self.limits, max_message_bytes, stats)
+        self.stats = self.shared.stats
         self._registry = Registry()
-        self._dispatcher = GrpcDispatcher(self._registry, max_message_bytes)
+        self._dispatcher = GrpcDispatcher(self._registry, self.shared)
         self._servers: list[asyncio.AbstractServer] = []
         self._stopped = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
 
     # -- what the generated add_XServicer_to_server functions call ---------------------
 
@@ -41,17 +55,42 @@ class H2GrpcServer:
             server = await loop.create_server(self._connection, sock=sock)
             self._servers.append(server)
             bound = sock.getsockname()[1]
+        self._sweeper = loop.create_task(self._sweep())
         return bound
 
-    def _connection(self) -> H2Connection:
+    def _connection(self) -> asyncio.Protocol:
+        """A new connection's protocol; past ``max_connections`` one that refuses it. (The
+        connection limit for any listener, TLS included, lives here.)"""
+        if len(self._dispatcher.connections) >= self.limits.max_connections:
+            return _Refused(self.shared)
         connection = H2Connection(self._dispatcher)
         self._dispatcher.opened(connection)
         return connection
+
+    async def _sweep(self) -> None:
+        """Timeouts: preface, idle connections, requests never received in full."""
+        limits = self.limits
+        shortest = min(
+            limits.preface_timeout_seconds,
+            limits.idle_timeout_seconds,
+            limits.incomplete_request_timeout_seconds,
+        )
+        period = min(1.0, shortest / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for connection in list(self._dispatcher.connections):
+                connection.tick(now)
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting; in-flight calls get ``grace`` seconds to finish, then are cancelled."""
         for server in self._servers:
             server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         connections = list(self._dispatcher.connections)
         for connection in connections:
             if grace:
@@ -66,6 +105,7 @@ class H2GrpcServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        self._dispatcher.close()
         self._stopped.set()
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -75,6 +115,22 @@ class H2GrpcServer:
         except TimeoutError:
             return False
         return True
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past the limit: SETTINGS and GOAWAY (no stream was processed), closed."""
+
+    def __init__(self, shared: Shared) -> None:
+        self._shared = shared
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        limit = self._shared.limits.max_connections
+        message = f"server at its connection limit ({limit})"
+        transport.write(self._shared.preface + f.goaway(0, f.NO_ERROR, message.encode()))
+        transport.close()
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        self._shared.stats.connection_closed("connection_limit", f"{peer[0]}:{peer[1]}", message)
 
 
 def _listen(host: str, port: int) -> list[socket.socket]:

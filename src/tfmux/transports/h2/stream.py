@@ -29,22 +29,30 @@ class Stream:
         "deadline_hit",
         "head",
         "head_sent",
+        "held",
         "id",
+        "opened",
         "pending",
         "received_all",
-        "recv_unacked",
+        "recv_credit",
+        "starved",
         "tail",
         "task",
         "timer",
         "window",
     )
 
-    def __init__(self, stream_id: int, head: RequestHead, window: int) -> None:
+    def __init__(
+        self, stream_id: int, head: RequestHead, window: int, recv_window: int, now: float
+    ) -> None:
         self.id = stream_id
         self.head = head
         self.body = bytearray()
         self.window = window  # what the peer lets us send on this stream
-        self.recv_unacked = 0
+        self.recv_credit = recv_window  # what we let the peer send on this stream
+        self.held = 0  # body bytes counted in the connection's and server's buffered bytes
+        self.starved = False  # its window ran low while the buffer caps were reached
+        self.opened = now  # time.monotonic() of its HEADERS
         self.received_all = False
         self.closed = False  # answered, reset or the connection is gone
         self.cancelled = False  # reset by the client, or its connection is gone
@@ -195,6 +203,8 @@ class Sender:
         self.initial_window = value
         for stream in streams:
             stream.window += delta
+            if stream.window > f.MAX_WINDOW:
+                raise f.H2Error(f.FLOW_CONTROL_ERROR, "a stream window above 2^31-1")
         if delta > 0:
             self.flush()
 
