@@ -135,7 +135,9 @@ def main() -> None:
 @click.option(
     "--management/--no-management",
     default=None,
-    help="Allow loading, unloading and reconfiguring models through the APIs.  [default: on]",
+    help="Allow loading, unloading and reconfiguring models through the APIs; --management "
+    "also beyond loopback without --admin-token (behind your own authentication).  "
+    "[default: on at loopback or with --admin-token, off otherwise]",
 )
 @click.option(
     "--admin-token",

@@ -178,7 +178,11 @@ class ServerConfig(BaseModel):
     request_timeout_ms: int | None = Field(default=None, gt=0)
     memory_budget_bytes: int | None = Field(default=None, gt=0)
     poll_interval_seconds: float = Field(default=0.0, ge=0)
-    management: bool = True
+    management: bool | None = Field(
+        default=None,
+        description="load/unload/reconfigure through the APIs: True on, False off, None "
+        "automatic (on at loopback or with an admin token, off beyond loopback without one)",
+    )
     admin_token: str | None = None
     onednn: bool = False  # oneDNN keeps freed model memory from the OS; off, unloads return it
     model_repositories: list[Path] = Field(default_factory=list)  # loadable by name

@@ -18,6 +18,7 @@ from tfmux.core.manager import ModelLoader, ModelManager
 from tfmux.core.poller import RepositoryPoller
 from tfmux.core.runtime import LoadedModel
 from tfmux.core.service import Management, ServingService
+from tfmux.exposure import gate
 from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.transports import openapi
 from tfmux.transports.grpc_server import GrpcServer, Registrar, start_grpc_server
@@ -105,8 +106,14 @@ class TfmuxServer:
         self.poller = RepositoryPoller(self.manager, config.poll_interval_seconds)
         self.metrics.watch(self.manager)
         timeout = config.request_timeout_ms / 1000 if config.request_timeout_ms else None
+        self.management_gate = gate(
+            "model management", config.management, config.host, config.admin_token, "management"
+        )
         management = Management(
-            config.management, config.admin_token, tuple(config.model_repositories)
+            self.management_gate.enabled,
+            config.admin_token,
+            tuple(config.model_repositories),
+            self.management_gate.denial,
         )
         self.service = ServingService(
             self.manager,
@@ -144,6 +151,8 @@ class TfmuxServer:
                 None, configure_tensorflow, self.config
             )
             log.info("%s", self.runtime_report)
+        if self.management_gate.warning:
+            log.warning("%s", self.management_gate.warning)
         for model in self.config.models:
             self.manager.add_model(model)
         self.manager.traffic.set_aliases(self.config.aliases)
