@@ -20,10 +20,12 @@ from tfmux.core.runtime import LoadedModel
 from tfmux.core.service import Management, ServingService
 from tfmux.exposure import gate
 from tfmux.metrics import CONTENT_TYPE, Metrics
+from tfmux.tls import TlsFiles
 from tfmux.transports import openapi
 from tfmux.transports.grpc_server import GrpcServer, Registrar, start_grpc_server
 from tfmux.transports.ops_rest import OpsRest
 from tfmux.transports.rest import RestApp, Route
+from tfmux.transports.rest_guard import GuardedHttpToolsProtocol, RestLimits
 from tfmux.transports.tfs_grpc import TfServingGrpc
 from tfmux.transports.tfs_rest import TfServingRest
 from tfmux.transports.traffic_rest import TrafficRest
@@ -145,6 +147,7 @@ class TfmuxServer:
 
     async def start(self) -> None:
         """Add the configured models (eager loads begin) and open the ports."""
+        tls = self._tls()
         if self._uses_tensorflow:
             loop = asyncio.get_running_loop()
             self.runtime_report = await loop.run_in_executor(
@@ -158,17 +161,7 @@ class TfmuxServer:
         self.manager.traffic.set_aliases(self.config.aliases)
         sock = _bind(self.config.host, self.config.http_port)
         self.http_port = sock.getsockname()[1]
-        self._http = _UvicornServer(
-            uvicorn.Config(
-                self.rest_app,
-                lifespan="off",
-                access_log=False,
-                log_level=self.config.log_level,
-                http="httptools",
-                proxy_headers=False,  # measured on the hot path; tfmux reads no proxy headers
-                timeout_graceful_shutdown=GRACE_SECONDS,
-            )
-        )
+        self._http = _UvicornServer(self._uvicorn_config(tls))
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         while not self._http.started:
             if self._http_task.done():
@@ -182,9 +175,40 @@ class TfmuxServer:
                 self.config.max_grpc_message_bytes,
                 self.grpc_registrars,
                 self.config.grpc_implementation,
+                tls,
             )
         if self.config.poll_interval_seconds > 0:
             self.poller.start()
+
+    def _tls(self) -> TlsFiles | None:
+        """The TLS files, read once so a bad one stops the start with its name."""
+        c = self.config
+        tls = TlsFiles.of(c.tls_cert_file, c.tls_key_file, c.tls_client_ca_file)
+        if tls is not None:
+            tls.context()
+            log.info("TLS on both ports%s", " (client certificates required)" * tls.mutual)
+        return tls
+
+    def _uvicorn_config(self, tls: TlsFiles | None) -> uvicorn.Config:
+        c = self.config
+        limits = RestLimits(
+            c.http_max_connections,
+            c.http_header_timeout_seconds,
+            c.http_body_timeout_seconds,
+            c.http_max_header_bytes,
+        )
+        context = tls.context(alpn=["http/1.1"]) if tls is not None else None
+        return uvicorn.Config(
+            self.rest_app,
+            lifespan="off",
+            access_log=False,
+            log_level=c.log_level,
+            http=GuardedHttpToolsProtocol.with_limits(limits),  # httptools, with limits
+            proxy_headers=False,  # measured on the hot path; tfmux reads no proxy headers
+            timeout_graceful_shutdown=GRACE_SECONDS,
+            timeout_keep_alive=c.http_keep_alive_seconds,  # type: ignore[arg-type]
+            ssl_context_factory=(lambda *_: context) if context is not None else None,
+        )
 
     async def wait_for_loads(self) -> None:
         """Wait until the eager loads that started with the server have ended."""

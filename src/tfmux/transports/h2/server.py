@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -33,20 +34,25 @@ class H2GrpcServer:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (0 picks a free port); returns the bound port."""
+    async def start(
+        self, host: str, port: int, tls: ssl.SSLContext | None = None, handshake_timeout: float = 10
+    ) -> int:
+        """Listen on ``host:port`` (0 picks a free port); returns the bound port. With ``tls``
+        (a server context offering ALPN ``h2``), connections are TLS; a connection that has
+        not finished its handshake within ``handshake_timeout`` seconds is closed."""
         loop = asyncio.get_running_loop()
         bound = port
+        timeout = handshake_timeout if tls is not None else None
         for sock in _listen(host, port):
-            server = await loop.create_server(self._connection, sock=sock)
+            server = await loop.create_server(
+                self._connection, sock=sock, ssl=tls, ssl_handshake_timeout=timeout
+            )
             self._servers.append(server)
             bound = sock.getsockname()[1]
         return bound
 
     def _connection(self) -> H2Connection:
-        connection = H2Connection(self._dispatcher)
-        self._dispatcher.opened(connection)
-        return connection
+        return H2Connection(self._dispatcher)
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting; in-flight calls get ``grace`` seconds to finish, then are cancelled."""
