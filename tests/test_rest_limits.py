@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from benchmarks import attacks_rest
 
 from tfmux.config import ModelConfig, ServerConfig
 from tfmux.transports import rest_guard
@@ -161,8 +162,10 @@ def test_an_endless_chunked_body_is_stopped(strict, monkeypatch) -> None:
 def test_a_huge_declared_body_gets_413_at_once(strict) -> None:
     with connect(strict) as sock:
         sock.sendall(PREDICT + b"content-length: 1073741824\r\n\r\n" + b"1" * 1024)
-        head = sock.recv(65536)
-        assert status(head) == 413 and b"exceeds the limit" in head
+        answer = b""
+        while b"exceeds the limit" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk  # answered while the client has sent 1 KiB of its 1 GiB
+        assert status(answer) == 413 and b"exceeds the limit" in answer
     good(strict)
 
 
@@ -186,3 +189,17 @@ def test_connections_past_the_cap_get_503_and_close(capped) -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+@pytest.mark.parametrize("name", sorted(attacks_rest.ATTACKS))
+def test_soak_attacks_run_and_the_server_keeps_serving(strict, name) -> None:
+    """Each REST attack of the soak benchmark (benchmarks/soak.py), for a second: it reports
+    what the server answered, and a good request works right after. (The soak itself starts
+    `tfmux serve` and a client process: minutes on a busy machine, so it is not a test.)"""
+    result = attacks_rest.ATTACKS[name]("127.0.0.1", strict.server.http_port or 0, 1.0)
+    assert result.sent > 0
+    if name == "bogus_names":
+        assert result.statuses.get(404, 0) > 0
+    if name == "huge_bodies":
+        assert result.statuses.get(413, 0) > 0 or result.closed_by_server > 0
+    good(strict)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("tfmux.rest")
+REFUSAL_LOG_SECONDS = 10.0  # refusals are logged at most this often (a flood is not a log flood)
 LINGER_SECONDS = 5.0  # the most a body answered early (413) is read and discarded
 
 
@@ -72,6 +74,23 @@ async def _over_capacity(scope: Any, receive: Any, send: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+_refusals = {"count": 0, "logged_at": -REFUSAL_LOG_SECONDS}
+
+
+def _log_refusal(open_: int, limit: int) -> None:
+    _refusals["count"] += 1
+    now = time.monotonic()
+    if now - _refusals["logged_at"] >= REFUSAL_LOG_SECONDS:
+        log.warning(
+            "REST connections refused (503): %d since the last report; %d open, the limit "
+            "is %d (--http-max-connections)",
+            _refusals["count"],
+            open_,
+            limit,
+        )
+        _refusals.update(count=0, logged_at=now)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -127,11 +146,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             self._refused = True
-            log.warning(
-                "REST connection refused: %d open, the limit is %d",
-                len(self.connections) - 1,
-                self.limits.max_connections,
-            )
+            _log_refusal(len(self.connections) - 1, self.limits.max_connections)
         self._arm(self.limits.header_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
