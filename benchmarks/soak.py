@@ -34,7 +34,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from benchmarks import attacks_rest
+from benchmarks import attacks_rest, servers
 from benchmarks.common import LOAD_CORE, RESULTS, log
 from benchmarks.servers import Server, free_port, http_ok
 
@@ -156,8 +156,7 @@ def client(conn: Connection, http_port: int, grpc_port: int) -> None:
 
 
 def attacker(conn: Connection, name: str, http_port: int, grpc_port: int, seconds: float) -> None:
-    os.sched_setaffinity(0, {LOAD_CORE})
-    os.nice(10)  # below the client: the client must not be starved by the attack's own CPU
+    os.nice(19)  # below the client: the client must not be starved by the attack's own CPU
     conn.send(attacks()[name]("127.0.0.1", http_port, grpc_port, seconds))
 
 
@@ -256,7 +255,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--attacks", default="", help="comma-separated names (default: all)")
     parser.add_argument("--output", type=Path, default=RESULTS / "soak-latest.json")
     parser.add_argument("--serve-arg", action="append", default=[], help="extra serve option")
+    parser.add_argument("--src", type=Path, help="run the server from this source tree's tfmux")
     args = parser.parse_args(argv)
+    if args.src is not None:
+        servers.TFMUX_SRC[0] = args.src.resolve()
     available = attacks()
     chosen = [a for a in args.attacks.split(",") if a] or list(available)
     unknown = set(chosen) - set(available)
