@@ -15,8 +15,9 @@ Here, per connection, one timer guards the phase the connection is in:
 - **body**: while a request body arrives, at most ``body_timeout`` between two reads; else 408
   and close;
 - **linger**: after a response sent before its request body was read (413), the rest of the
-  body is discarded for at most ``LINGER_SECONDS`` in all, then the connection is closed (an
-  endless chunked body is stopped); a body that ends in time leaves the connection usable;
+  body is discarded for at most ``LINGER_SECONDS`` and ``LINGER_MAX_BYTES``, then the
+  connection is closed (an endless chunked body is stopped); a body that ends within both
+  leaves the connection usable;
 - **idle**: between requests, uvicorn's own keep-alive timeout.
 
 Past ``max_connections`` open connections, a new one gets 503 with ``Connection: close`` at its
@@ -37,7 +38,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("tfmux.rest")
 REFUSAL_LOG_SECONDS = 10.0  # refusals are logged at most this often (a flood is not a log flood)
-LINGER_SECONDS = 5.0  # the most a body answered early (413) is read and discarded
+LINGER_SECONDS = 5.0  # the longest a body answered early (413) is read and discarded
+LINGER_MAX_BYTES = 16 * 1024 * 1024  # and the most of it (loopback delivers GB/s)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # raw bytes received in this head phase
         self._field_bytes = 0  # URL and header bytes of the current request
         self._refused = False
+        self._discarded = 0  # bytes of a body answered early, read and dropped
         self._guarding: Callable[[], None] | None = None
 
     @classmethod
@@ -194,8 +197,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         if self.transport.is_closing() or self.cycle is None:
             return
-        if not self.cycle.response_complete:  # else discarded, while the linger timer runs
-            self._arm(self.limits.body_timeout, self._body_timed_out)
+        if self.cycle.response_complete:  # discarded, while the linger timer runs
+            self._discarded += len(body)
+            if self._discarded > LINGER_MAX_BYTES:
+                self._disarm()
+                self.transport.close()
+            return
+        self._arm(self.limits.body_timeout, self._body_timed_out)
         super().on_body(body)
 
     def on_message_complete(self) -> None:
@@ -216,6 +224,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.cycle.more_body:
             # answered before its body was read (413): discard the rest, briefly
+            self._discarded = 0
             self._arm(LINGER_SECONDS, self.transport.close)
         else:
             self._in_head = True
