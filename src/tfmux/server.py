@@ -175,7 +175,7 @@ class TfmuxServer:
                 self.config.max_grpc_message_bytes,
                 self.grpc_registrars,
                 self.config.grpc_implementation,
-                tls,
+                tls=tls,
             )
         if self.config.poll_interval_seconds > 0:
             self.poller.start()

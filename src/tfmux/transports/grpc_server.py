@@ -49,6 +49,7 @@ async def start_grpc_server(
     max_message_bytes: int,
     registrars: Sequence[Registrar],
     implementation: GrpcImplementation = "tfmux",
+    *,
     tls: TlsFiles | None = None,
 ) -> tuple[GrpcServer, int]:
     """Start serving; returns the server and the port it bound (``port`` 0 picks one).
