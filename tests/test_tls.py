@@ -251,3 +251,17 @@ def test_a_bad_certificate_stops_the_start_with_its_name(pki, model_root) -> Non
     )
     with pytest.raises(OSError, match=r"client-ca\.pem"):
         asyncio.run(TfmuxServer(config).start())  # refused before anything loads or listens
+
+
+def test_command_line_options_reach_the_settings(pki, model_root) -> None:
+    """`tfmux serve` refuses a certificate without its key, and maps the REST limits."""
+    from click.testing import CliRunner
+
+    from tfmux.cli import main
+
+    model = f"binary={model_root / 'binary'}"
+    runner = CliRunner()
+    result = runner.invoke(main, ["serve", "--model", model, "--tls-cert", pki.file("server.pem")])
+    assert result.exit_code == 2 and "tls_key_file" in result.output
+    result = runner.invoke(main, ["serve", "--model", model, "--http-max-header-size", "512"])
+    assert result.exit_code == 2 and "http_max_header_bytes" in result.output
