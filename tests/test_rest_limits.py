@@ -198,10 +198,10 @@ def test_connections_past_the_cap_get_503_and_close(capped) -> None:
 
 @pytest.mark.parametrize("name", sorted(attacks_rest.ATTACKS))
 def test_soak_attacks_run_and_the_server_keeps_serving(strict, name) -> None:
-    """Each REST attack of the soak benchmark (benchmarks/soak.py), for a second: it reports
+    """Each REST attack of the soak benchmark (benchmarks/soak.py), for half a second: it reports
     what the server answered, and a good request works right after. (The soak itself starts
     `tfmux serve` and a client process: minutes on a busy machine, so it is not a test.)"""
-    result = attacks_rest.ATTACKS[name]("127.0.0.1", strict.server.http_port or 0, 1.0)
+    result = attacks_rest.ATTACKS[name]("127.0.0.1", strict.server.http_port or 0, 0.5)
     assert result.sent > 0
     if name == "bogus_names":
         assert result.statuses.get(404, 0) > 0
