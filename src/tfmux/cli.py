@@ -164,13 +164,68 @@ def main() -> None:
 @click.option(
     "--management/--no-management",
     default=None,
-    help="Allow loading, unloading and reconfiguring models through the APIs.  [default: on]",
+    help="Allow loading, unloading and reconfiguring models through the APIs; --management "
+    "also beyond loopback without --admin-token (behind your own authentication).  "
+    "[default: on at loopback or with --admin-token, off otherwise]",
 )
 @click.option(
     "--admin-token",
     envvar="TFMUX_ADMIN_TOKEN",
     default=None,
     help="Require 'Authorization: Bearer TOKEN' on management calls ($TFMUX_ADMIN_TOKEN).",
+)
+@click.option(
+    "--tls-cert",
+    "tls_cert_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="PEM certificate chain: serve REST (https) and gRPC over TLS. Needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    "tls_key_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--tls-client-ca",
+    "tls_client_ca_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="PEM CA certificates: clients must present a certificate they signed (mutual TLS).",
+)
+@click.option(
+    "--http-max-connections",
+    type=int,
+    default=None,
+    help="Open REST connections; a newer one gets 503 and is closed.  [default: 1000]",
+)
+@click.option(
+    "--http-header-timeout",
+    "http_header_timeout_seconds",
+    type=float,
+    default=None,
+    help="Seconds a REST client has to send a request's headers; then 408.  [default: 10]",
+)
+@click.option(
+    "--http-body-timeout",
+    "http_body_timeout_seconds",
+    type=float,
+    default=None,
+    help="Seconds a REST request body may pause between reads; then 408.  [default: 30]",
+)
+@click.option(
+    "--http-keep-alive",
+    "http_keep_alive_seconds",
+    type=float,
+    default=None,
+    help="Seconds an idle REST connection stays open between requests.  [default: 5]",
+)
+@click.option(
+    "--http-max-header-size",
+    default=None,
+    help="Largest REST request head (URL and headers); larger ones get 431.  [default: 64KiB]",
 )
 @click.option(
     "--onednn/--no-onednn",
@@ -228,6 +283,7 @@ def serve(
     memory_budget: str | None,
     ray_address: str | None,
     replicas: int | None,
+    http_max_header_size: str | None,
     **overrides: Any,
 ) -> None:
     """Serve models over TF Serving and KServe V2 APIs (REST and gRPC), with health and metrics.
@@ -246,6 +302,8 @@ def serve(
             overrides["max_body_bytes"] = parse_size(max_body_size)
         if memory_budget is not None:
             overrides["memory_budget_bytes"] = parse_size(memory_budget)
+        if http_max_header_size is not None:
+            overrides["http_max_header_bytes"] = parse_size(http_max_header_size)
         if gpu_memory_limit is not None:
             overrides["gpu_memory_limit_mb"] = max(1, parse_size(gpu_memory_limit) // 2**20)
         batching_overrides = {
@@ -339,9 +397,11 @@ def _run(coro: Any) -> None:
 def _announce(server: Any) -> None:
     config = server.config
     lines = [server.runtime_report] if server.runtime_report else []
-    lines.append(f"tfmux listening on http://{config.host}:{server.http_port} (REST)")
+    scheme = "https" if config.tls_cert_file else "http"
+    lines.append(f"tfmux listening on {scheme}://{config.host}:{server.http_port} (REST)")
     if server.grpc_port is not None:
-        lines.append(f"tfmux listening on {config.host}:{server.grpc_port} (gRPC)")
+        tls = " over TLS" if config.tls_cert_file else ""
+        lines.append(f"tfmux listening on {config.host}:{server.grpc_port} (gRPC{tls})")
     for served in server.manager.models():
         statuses = server.manager.statuses(served.config.name) if served.versions else []
         described = ", ".join(f"v{s.version} {s.state}" for s in statuses) or str(served.problem)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tfmux.transports.h2.limits import H2Limits
 
@@ -188,8 +188,23 @@ class ServerConfig(BaseModel):
     metrics_histogram_models: int = Field(default=32, ge=0)  # models with own histograms
     share_graphs: bool = True  # versions with the same graph import it once (docs/memory.md)
     poll_interval_seconds: float = Field(default=0.0, ge=0)
-    management: bool = True
+    management: bool | None = Field(
+        default=None,
+        description="load/unload/reconfigure through the APIs: True on, False off, None "
+        "automatic (on at loopback or with an admin token, off beyond loopback without one)",
+    )
     admin_token: str | None = None
+    # TLS on both ports (docs/security.md): PEM certificate chain and key; with a client CA,
+    # clients must present a certificate it signed (mutual TLS).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    # The REST port's limits (docs/security.md).
+    http_max_connections: int = Field(default=1000, ge=1)
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    http_keep_alive_seconds: float = Field(default=5.0, gt=0)
+    http_max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     onednn: bool = False  # oneDNN keeps freed model memory from the OS; off, unloads return it
     model_repositories: list[Path] = Field(default_factory=list)  # loadable by name
     tf_intra_op_threads: int | None = Field(default=None, ge=1)
@@ -199,6 +214,18 @@ class ServerConfig(BaseModel):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     models: list[ModelConfig] = Field(default_factory=list)
     aliases: list[AliasConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> ServerConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "TLS needs both tls_cert_file (--tls-cert) and tls_key_file (--tls-key)"
+            )
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                "tls_client_ca_file (--tls-client-ca) needs tls_cert_file and tls_key_file"
+            )
+        return self
 
 
 @dataclass
@@ -282,6 +309,9 @@ def load_yaml_config(path: Path, load: str) -> tuple[dict[str, Any], list[ModelC
     server = data.get("server") or {}
     if not isinstance(server, dict):
         raise ConfigError(f"{path}: server must be a mapping")
+    for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        if isinstance(server.get(key), str):  # relative to the file, as base paths are
+            server[key] = (path.parent / server[key]).resolve()
     aliases = data.get("aliases") or {}
     if not isinstance(aliases, dict) or not all(isinstance(a, dict) for a in aliases.values()):
         raise ConfigError(f"{path}: aliases must map each alias name to its split")

@@ -19,12 +19,15 @@ from tfmux.core.manager import ModelLoader, ModelManager
 from tfmux.core.poller import RepositoryPoller
 from tfmux.core.runtime import LoadedModel
 from tfmux.core.service import Management, ServingService
+from tfmux.exposure import gate
 from tfmux.metrics import CONTENT_TYPE, Metrics
+from tfmux.tls import TlsFiles
 from tfmux.transports import openapi
 from tfmux.transports.grpc_server import GrpcServer, Registrar, start_grpc_server
 from tfmux.transports.h2.stats import H2Collector, H2Stats
 from tfmux.transports.ops_rest import OpsRest
 from tfmux.transports.rest import RestApp, Route
+from tfmux.transports.rest_guard import GuardedHttpToolsProtocol, RestLimits
 from tfmux.transports.tfs_grpc import TfServingGrpc
 from tfmux.transports.tfs_rest import TfServingRest
 from tfmux.transports.traffic_rest import TrafficRest
@@ -119,8 +122,14 @@ class TfmuxServer:
         self.h2_stats = H2Stats()  # what the gRPC port's HTTP/2 limits did, in /metrics
         self.metrics.registry.register(H2Collector(self.h2_stats))
         timeout = config.request_timeout_ms / 1000 if config.request_timeout_ms else None
+        self.management_gate = gate(
+            "model management", config.management, config.host, config.admin_token, "management"
+        )
         management = Management(
-            config.management, config.admin_token, tuple(config.model_repositories)
+            self.management_gate.enabled,
+            config.admin_token,
+            tuple(config.model_repositories),
+            self.management_gate.denial,
         )
         self.service = ServingService(
             self.manager,
@@ -153,27 +162,21 @@ class TfmuxServer:
 
     async def start(self) -> None:
         """Add the configured models (eager loads begin) and open the ports."""
+        tls = self._tls()
         if self._uses_tensorflow:
             loop = asyncio.get_running_loop()
             self.runtime_report = await loop.run_in_executor(
                 None, configure_tensorflow, self.config
             )
             log.info("%s", self.runtime_report)
+        if self.management_gate.warning:
+            log.warning("%s", self.management_gate.warning)
         for model in self.config.models:
             self.manager.add_model(model)
         self.manager.traffic.set_aliases(self.config.aliases)
         sock = _bind(self.config.host, self.config.http_port)
         self.http_port = sock.getsockname()[1]
-        self._http = _UvicornServer(
-            uvicorn.Config(
-                self.rest_app,
-                lifespan="off",
-                access_log=False,
-                log_level=self.config.log_level,
-                http="httptools",
-                proxy_headers=False,  # measured on the hot path; tfmux reads no proxy headers
-            )
-        )
+        self._http = _UvicornServer(self._uvicorn_config(tls))
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         while not self._http.started:
             if self._http_task.done():
@@ -189,9 +192,40 @@ class TfmuxServer:
                 self.config.grpc_implementation,
                 self.config.h2,
                 self.h2_stats,
+                tls=tls,
             )
         if self.config.poll_interval_seconds > 0:
             self.poller.start()
+
+    def _tls(self) -> TlsFiles | None:
+        """The TLS files, read once so a bad one stops the start with its name."""
+        c = self.config
+        tls = TlsFiles.of(c.tls_cert_file, c.tls_key_file, c.tls_client_ca_file)
+        if tls is not None:
+            tls.context()
+            log.info("TLS on both ports%s", " (client certificates required)" * tls.mutual)
+        return tls
+
+    def _uvicorn_config(self, tls: TlsFiles | None) -> uvicorn.Config:
+        c = self.config
+        limits = RestLimits(
+            c.http_max_connections,
+            c.http_header_timeout_seconds,
+            c.http_body_timeout_seconds,
+            c.http_max_header_bytes,
+        )
+        context = tls.context(alpn=["http/1.1"]) if tls is not None else None
+        return uvicorn.Config(
+            self.rest_app,
+            lifespan="off",
+            access_log=False,
+            log_level=c.log_level,
+            http=GuardedHttpToolsProtocol.with_limits(limits),  # httptools, with limits
+            proxy_headers=False,  # measured on the hot path; tfmux reads no proxy headers
+            timeout_graceful_shutdown=c.shutdown_grace_seconds,
+            timeout_keep_alive=c.http_keep_alive_seconds,  # type: ignore[arg-type]
+            ssl_context_factory=(lambda *_: context) if context is not None else None,
+        )
 
     async def wait_for_loads(self) -> None:
         """Wait until the eager loads that started with the server have ended."""

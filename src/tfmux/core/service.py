@@ -46,13 +46,11 @@ class Management:
     enabled: bool = True
     admin_token: str | None = None  # when set, calls must carry "Bearer <token>"
     repositories: tuple[Path, ...] = ()  # a model folder here may be loaded by name
+    disabled_reason: str = "model management is disabled on this server (--no-management)"
 
     def authorize(self, authorization: str | None) -> None:
         if not self.enabled:
-            raise ServingError(
-                ErrorKind.PERMISSION_DENIED,
-                "model management is disabled on this server (--no-management)",
-            )
+            raise ServingError(ErrorKind.PERMISSION_DENIED, self.disabled_reason)
         if self.admin_token is None:
             return
         expected = f"Bearer {self.admin_token}".encode()

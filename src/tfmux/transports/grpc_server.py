@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 import grpc
 
 from tfmux.errors import ErrorKind, ServingError
+from tfmux.tls import HANDSHAKE_TIMEOUT_SECONDS, TlsFiles
 from tfmux.transports.h2 import H2GrpcServer
 from tfmux.transports.h2.limits import H2Limits
 from tfmux.transports.h2.stats import H2Stats
@@ -52,23 +53,31 @@ async def start_grpc_server(
     implementation: GrpcImplementation = "tfmux",
     limits: H2Limits | None = None,
     stats: H2Stats | None = None,
+    *,
+    tls: TlsFiles | None = None,
 ) -> tuple[GrpcServer, int]:
     """Start serving; returns the server and the port it bound (``port`` 0 picks one).
-    ``limits`` and ``stats`` are for tfmux's own server (grpc.aio has limits of its own)."""
+    ``limits`` and ``stats`` are for tfmux's own server (grpc.aio has limits of its own).
+    With ``tls``, the port speaks gRPC over TLS (ALPN ``h2``), mutual when it has a client CA."""
     if implementation == "tfmux":
         server = H2GrpcServer(max_message_bytes, limits, stats)
         for register in registrars:
             register(server)
+        context = tls.context(alpn=["h2"]) if tls is not None else None
         try:
-            bound = await server.start(host, port)
+            bound = await server.start(host, port, context, HANDSHAKE_TIMEOUT_SECONDS)
         except OSError as exc:
             raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc}") from None
         return server, bound
-    return await _start_grpcio(host, port, max_message_bytes, registrars)
+    return await _start_grpcio(host, port, max_message_bytes, registrars, tls)
 
 
 async def _start_grpcio(
-    host: str, port: int, max_message_bytes: int, registrars: Sequence[Registrar]
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    registrars: Sequence[Registrar],
+    tls: TlsFiles | None,
 ) -> tuple[GrpcServer, int]:
     server = grpc.aio.server(
         options=[
@@ -81,7 +90,10 @@ async def _start_grpcio(
         register(server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, tls.grpc_credentials())
     except RuntimeError as exc:
         raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
     if bound == 0:

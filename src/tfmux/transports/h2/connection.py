@@ -26,6 +26,8 @@ class Dispatcher(Protocol):
 
     shared: Shared
 
+    def opened(self, connection: H2Connection) -> None: ...
+
     def dispatch(self, connection: H2Connection, stream: Stream) -> None: ...
 
     def closed(self, connection: H2Connection) -> None: ...
@@ -49,6 +51,9 @@ class H2Connection(FrameReader, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
+        # Registered here, not when accepted: a TLS connection whose handshake fails is never
+        # made, so never lost, and would otherwise hold graceful shutdown for its whole grace.
+        self._dispatcher.opened(self)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import socket
 import time
+import ssl
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -47,12 +48,19 @@ class H2GrpcServer:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (0 picks a free port); returns the bound port."""
+    async def start(
+        self, host: str, port: int, tls: ssl.SSLContext | None = None, handshake_timeout: float = 10
+    ) -> int:
+        """Listen on ``host:port`` (0 picks a free port); returns the bound port. With ``tls``
+        (a server context offering ALPN ``h2``), connections are TLS; a connection that has
+        not finished its handshake within ``handshake_timeout`` seconds is closed."""
         loop = asyncio.get_running_loop()
         bound = port
+        timeout = handshake_timeout if tls is not None else None
         for sock in _listen(host, port):
-            server = await loop.create_server(self._connection, sock=sock)
+            server = await loop.create_server(
+                self._connection, sock=sock, ssl=tls, ssl_handshake_timeout=timeout
+            )
             self._servers.append(server)
             bound = sock.getsockname()[1]
         self._sweeper = loop.create_task(self._sweep())
@@ -60,12 +68,12 @@ class H2GrpcServer:
 
     def _connection(self) -> asyncio.Protocol:
         """A new connection's protocol; past ``max_connections`` one that refuses it. (The
-        connection limit for any listener, TLS included, lives here.)"""
+        connection limit for any listener, TLS included, lives here; a connection registers
+        itself in ``connection_made``, after a TLS handshake, so a failed handshake never
+        stays registered.)"""
         if len(self._dispatcher.connections) >= self.limits.max_connections:
             return _Refused(self.shared)
-        connection = H2Connection(self._dispatcher)
-        self._dispatcher.opened(connection)
-        return connection
+        return H2Connection(self._dispatcher)
 
     async def _sweep(self) -> None:
         """Timeouts: preface, idle connections, requests never received in full."""
