@@ -9,7 +9,6 @@ Every problem with a request value is an INVALID_ARGUMENT naming the input.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 from collections.abc import Iterator
@@ -75,7 +74,7 @@ def b64decode(text: str, where: str) -> bytes:
     """Decode standard base64 (padding optional); ``where`` prefixes the error message."""
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a str that is not ASCII
         raise invalid_argument(f"{where}: Unable to base64 decode {snippet(text)}") from None
 
 
