@@ -67,6 +67,21 @@ DIM = st.integers(min_value=0, max_value=4) | st.sampled_from([-1, 2**31, 2**40,
 SHAPES = st.lists(DIM, max_size=5) | st.just([1] * 65) | st.just([0, 2**62])
 
 
+def mutations(data: bytes) -> st.SearchStrategy[bytes]:
+    """``data`` with a byte flipped, a span dropped or random bytes spliced in."""
+    if not data:
+        return st.binary(max_size=16)
+    index = st.integers(0, len(data) - 1)
+    flip = st.tuples(index, st.integers(1, 255)).map(
+        lambda t: data[: t[0]] + bytes([data[t[0]] ^ t[1]]) + data[t[0] + 1 :]
+    )
+    drop = st.tuples(index, st.integers(1, 8)).map(lambda t: data[: t[0]] + data[t[0] + t[1] :])
+    splice = st.tuples(index, st.binary(min_size=1, max_size=8)).map(
+        lambda t: data[: t[0]] + t[1] + data[t[0] :]
+    )
+    return flip | drop | splice
+
+
 def arrays(dtype: str, max_rank: int = 3) -> st.SearchStrategy[np.ndarray]:
     """Valid tensors of a neutral dtype: any values the dtype holds, small shapes."""
     shapes = st.lists(st.integers(0, 3), max_size=max_rank).map(tuple)

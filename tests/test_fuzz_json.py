@@ -23,7 +23,7 @@ from tfmux.transports.tfs_examples import parse_examples
 from tfmux.transports.v2_types import DATATYPE_OF, from_raw, to_raw
 from tfmux.types import SignatureSpec, TensorSpec
 
-from .fuzzing import DTYPES, JSON, SHAPES, arrays, fuzz, only_serving_errors, same
+from .fuzzing import DTYPES, JSON, SHAPES, arrays, fuzz, mutations, only_serving_errors, same
 
 pytestmark = pytest.mark.tf  # tfs_examples builds tf.Example protos
 
@@ -176,6 +176,30 @@ def test_binary_tensor_data_raises_only_serving_errors(
 ) -> None:
     """The binary tensor data extension: any bytes, as any datatype and shape."""
     only_serving_errors(lambda: from_raw(raw, datatype, shape, "x"))
+
+
+@fuzz(150)
+@given(data=st.data(), dtype=st.sampled_from(DTYPES), kind=st.sampled_from(["tfs", "v2", "bin"]))
+def test_mutated_valid_bodies_raise_only_serving_errors(
+    data: st.DataObject, dtype: str, kind: str
+) -> None:
+    """Valid bodies with a byte flipped, a span dropped or bytes spliced in."""
+    array = data.draw(arrays(dtype))
+    tensor = {"name": "x", "datatype": DATATYPE_OF[dtype], "shape": list(array.shape)}
+    header: bytes | None = None
+    if kind == "tfs":
+        body = dumps({"inputs": {"x": json_value(array)}})
+    elif kind == "v2":
+        body = dumps({"inputs": [{**tensor, "data": json_value(array.reshape(-1))}]})
+    else:
+        raw = to_raw(array)
+        head = orjson.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}]})
+        body, header = head + raw, str(len(head)).encode()
+    mutated = data.draw(mutations(body))
+    parsed = only_serving_errors(lambda: tfs_json.parse_predict(mutated))
+    if not isinstance(parsed, ServingError):
+        only_serving_errors(lambda: tfs_json.decode_inputs(parsed, signature(x=dtype)))
+    only_serving_errors(lambda: v2_json.parse_infer(mutated, header))
 
 
 # -- valid tensors round-trip ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tfmux.transports import tensor_proto, v2_proto
 from tfmux.transports.v2_types import DATATYPE_OF, to_raw
 
-from .fuzzing import DTYPES, arrays, fuzz, only_serving_errors, same
+from .fuzzing import DTYPES, arrays, fuzz, mutations, only_serving_errors, same
 
 pytestmark = pytest.mark.tf
 
@@ -40,21 +40,6 @@ SCALAR_FIELDS = {  # TensorProto's typed value fields and values that fit their 
     "bool_val": st.booleans(),
     "string_val": st.binary(max_size=4),
 }
-
-
-def _mutations(data: bytes) -> st.SearchStrategy[bytes]:
-    """``data`` with a byte flipped, a span dropped or random bytes spliced in."""
-    if not data:
-        return st.binary(max_size=16)
-    index = st.integers(0, len(data) - 1)
-    flip = st.tuples(index, st.integers(1, 255)).map(
-        lambda t: data[: t[0]] + bytes([data[t[0]] ^ t[1]]) + data[t[0] + 1 :]
-    )
-    drop = st.tuples(index, st.integers(1, 8)).map(lambda t: data[: t[0]] + data[t[0] + t[1] :])
-    splice = st.tuples(index, st.binary(min_size=1, max_size=8)).map(
-        lambda t: data[: t[0]] + t[1] + data[t[0] :]
-    )
-    return flip | drop | splice
 
 
 # -- TensorProto ----------------------------------------------------------------------------------
@@ -99,7 +84,7 @@ def test_mutated_tensor_protos_raise_only_serving_errors(
     wire = tensor_proto.to_tensor_proto("x", array, content=content).SerializeToString()
     proto = TensorProto()
     try:
-        proto.ParseFromString(data.draw(_mutations(wire)))
+        proto.ParseFromString(data.draw(mutations(wire)))
     except DecodeError:
         return  # the gRPC layer refuses it before any decoder sees it
     only_serving_errors(lambda: tensor_proto.to_array("x", proto))
@@ -186,7 +171,7 @@ def test_mutated_v2_grpc_requests_raise_only_serving_errors(
     wire = _valid_request(data.draw(arrays(dtype)), raw or dtype in ("float16", "bfloat16"))
     request = pb.ModelInferRequest()
     try:
-        request.ParseFromString(data.draw(_mutations(wire.SerializeToString())))
+        request.ParseFromString(data.draw(mutations(wire.SerializeToString())))
     except DecodeError:
         return
     _v2_calls(request)
