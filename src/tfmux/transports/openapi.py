@@ -21,8 +21,14 @@ import tfmux
 from tfmux.config import LABEL_RE, MODEL_NAME_RE
 from tfmux.core.service import ServingService
 from tfmux.transports.openapi_schemas import (
+    BINARY_BODY,
+    EMPTY_OK,
+    ERROR,
+    HEADER_LENGTH,
     OBJECT,
     STRING,
+    TEXT_BODY,
+    UNAVAILABLE,
     Json,
     array,
     nullable,
@@ -30,14 +36,20 @@ from tfmux.transports.openapi_schemas import (
     obj,
     ref,
     schemas,
+    served,
+    tag,
+)
+from tfmux.transports.openapi_schemas import (
+    body as _body,
+)
+from tfmux.transports.openapi_schemas import (
+    json_response as _json,
 )
 from tfmux.transports.rest import Handler, Request, Response
 from tfmux.transports.tfs_codec import dumps
 
 PATH = "/openapi.json"
 
-TEXT_BODY: Json = {"text/plain": {"schema": STRING}}
-BOOLEAN: Json = {"type": "boolean"}
 MODEL_NAME: Json = {"type": "string", "pattern": MODEL_NAME_RE.pattern}
 LABEL: Json = {"type": "string", "pattern": LABEL_RE.pattern}
 # V2 names a label in the model name too: MODEL@LABEL.
@@ -46,31 +58,6 @@ MODEL_OR_ALIAS: Json = {
     "pattern": MODEL_NAME_RE.pattern[:-1] + "(@" + LABEL_RE.pattern[1:-1] + ")?$",
 }
 VERSION: Json = {"type": "integer", "minimum": 0}
-
-
-def _json(schema: Json, description: str) -> Json:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _body(schema: Json, required: bool = True, description: str = "") -> Json:
-    body: Json = {"required": required, "content": {"application/json": {"schema": schema}}}
-    return body | ({"description": description} if description else {})
-
-
-ERROR = _json(ref("Error"), 'The error: {"error": message}')
-EMPTY_OK: Json = {"description": "OK (empty body)", "content": TEXT_BODY}
-HEADER_LENGTH: Json = {
-    "description": "Length of the JSON header when binary tensor data follows it",
-    "schema": {"type": "integer", "minimum": 0},
-}
-UNAVAILABLE = _json(ref("Error"), "The model is unavailable: it failed to load, or was unloaded")
-BINARY_BODY: Json = {
-    "schema": {"type": "string", "format": "binary"},
-    "description": "JSON header, then raw tensors (little-endian, row-major; BYTES elements "
-    "as a 4-byte little-endian length and the bytes)",
-}
-# Inference: the caller's sticky key for splits, and what answered (the arm, when a split chose).
-SERVED = {name: {"schema": STRING} for name in ("X-Model-Name", "X-Model-Version", "X-Model-Arm")}
 
 
 class Doc:
@@ -107,7 +94,7 @@ class Doc:
         operation: Json = {
             "operationId": method + "_" + re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_"),
             "summary": summary,
-            "tags": [_tag(path)],
+            "tags": [tag(path)],
             "parameters": [self.param(n, (params or {}).get(n, STRING)) for n in names]
             + list(headers),
             "responses": {"200": ok, "4XX": ERROR, "5XX": ERROR}
@@ -123,20 +110,6 @@ class Doc:
         for operation in item.values():
             operation["security"] = [{"adminToken": []}] if self.admin_token else [{}]
         return item
-
-
-def _tag(path: str) -> str:
-    if path.startswith("/v1/"):
-        return "TF Serving"
-    if path.startswith("/v2/repository"):
-        return "Management"
-    if path.startswith("/v2") and "/health/" not in path:
-        return "KServe V2"
-    return "Operations"
-
-
-def _served(ok: Json) -> Json:
-    return {**ok, "headers": {**ok.get("headers", {}), **SERVED}}
 
 
 def tfs_paths(doc: Doc) -> Json:
@@ -165,7 +138,7 @@ def tfs_paths(doc: Doc) -> Json:
                 method,
                 prefix + suffix,
                 summary,
-                _served(ok) if infers else ok,
+                served(ok) if infers else ok,
                 body,
                 params,
                 headers=(key,) if infers else (),
@@ -209,7 +182,7 @@ def v2_paths(doc: Doc) -> Json:
             "get", ready, "Model readiness", EMPTY_OK, params=params, responses=not_ready
         )
         paths[infer] = doc.item(
-            "post", infer, "Inference", _served(infer_ok), infer_body, params, headers
+            "post", infer, "Inference", served(infer_ok), infer_body, params, headers
         )
     return paths
 

@@ -1,4 +1,5 @@
-"""The component schemas of the OpenAPI document (``openapi.py``): request and response bodies.
+"""The component schemas of the OpenAPI document (``openapi.py``), and the building blocks of
+its operations: request bodies, responses, headers.
 
 Each states what the server's parsers enforce, no more and no less: a value the server treats
 as absent when it is ``null`` is nullable here; keys the server refuses are forbidden here.
@@ -54,6 +55,57 @@ def nullable_obj(properties: Json, **extra: Any) -> Json:
 def without(*keys: str) -> Json:
     """An object that has none of ``keys``."""
     return {"not": {"anyOf": [{"required": [key]} for key in keys]}}
+
+
+# -- building blocks of paths and responses (openapi.py) -------------------------------------
+
+TEXT_BODY: Json = {"text/plain": {"schema": STRING}}
+
+
+def json_response(schema: Json, description: str) -> Json:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def body(schema: Json, required: bool = True, description: str = "") -> Json:
+    request: Json = {"required": required, "content": {"application/json": {"schema": schema}}}
+    return request | ({"description": description} if description else {})
+
+
+ERROR = json_response(ref("Error"), 'The error: {"error": message}')
+EMPTY_OK: Json = {"description": "OK (empty body)", "content": TEXT_BODY}
+HEADER_LENGTH: Json = {
+    "description": "Length of the JSON header when binary tensor data follows it",
+    "schema": {"type": "integer", "minimum": 0},
+}
+UNAVAILABLE = json_response(
+    ref("Error"), "The model is unavailable: it failed to load, or was unloaded"
+)
+BINARY_BODY: Json = {
+    "schema": {"type": "string", "format": "binary"},
+    "description": "JSON header, then raw tensors (little-endian, row-major; BYTES elements "
+    "as a 4-byte little-endian length and the bytes)",
+}
+# Inference: the caller's sticky key for splits, and what answered (the arm, when a split chose).
+SERVED = {name: {"schema": STRING} for name in ("X-Model-Name", "X-Model-Version", "X-Model-Arm")}
+
+
+def tag(path: str) -> str:
+    """The operation's group in the document."""
+    if path.startswith("/v1/"):
+        return "TF Serving"
+    if path.startswith("/v2/repository"):
+        return "Management"
+    if path.startswith("/v2") and "/health/" not in path:
+        return "KServe V2"
+    return "Operations"
+
+
+def served(ok: Json) -> Json:
+    """An inference answer, with the headers naming what answered."""
+    return {**ok, "headers": {**ok.get("headers", {}), **SERVED}}
+
+
+# -- component schemas ------------------------------------------------------------------------
 
 
 def _features() -> Json:
