@@ -363,7 +363,7 @@ MALFORMED: list[tuple[str, Callable[[], Any], grpc.StatusCode, str]] = [
         "shape too large",
         lambda: typed_multi_request(b=tensor("b", "INT64", [2**40, 2**40, 0, 2**40])),
         INVALID,
-        "too many",
+        "more than the 2147483647 a tensor may have",
     ),
     (
         "shape overflows int64",
@@ -372,7 +372,7 @@ MALFORMED: list[tuple[str, Callable[[], Any], grpc.StatusCode, str]] = [
             [b"", to_raw(B), to_raw(S)],
         ),
         INVALID,
-        "too many",
+        "more than the 2147483647 a tensor may have",
     ),
     (
         "input twice",

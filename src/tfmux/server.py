@@ -146,7 +146,7 @@ class TfmuxServer:
             TfServingRest(self.service).route,
             TrafficRest(self.service).route,
             KServeRest(self.service).route,
-            openapi.route,
+            openapi.OpenApiRest(self.service, config.admin_token is not None).route,
             ops.route,
         ]
         self.grpc_registrars: list[Registrar] = [

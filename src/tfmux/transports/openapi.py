@@ -1,106 +1,124 @@
 """The OpenAPI 3.1 description of tfmux's whole REST surface, served at GET /openapi.json.
 
-TF Serving's /v1 API, the KServe V2 /v2 API (with the binary tensor data and model repository
-extensions), health, metrics and this document itself. ``document()`` builds it as data.
+The document is the contract: every constraint the server enforces on a path, header or body
+is stated here, and the server rejects what the document forbids (tests/test_openapi_contract.py
+runs schemathesis with every check against a live server). What no schema can state is named in
+the descriptions: an inference body's tensors must fit the model's signature and their shapes.
+
+Paths come in areas, each a dict of path items built by its own function (``AREAS``): TF
+Serving's /v1, the KServe V2 /v2 inference API, model management (the V2 repository extension
+and tfmux's traffic extension, behind the admin token), and operations (health, metrics, this
+document). ``document()`` builds it as data for one server: its model names as examples, and
+the admin token required when the server has one.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable, Iterable
 
 import tfmux
+from tfmux.config import LABEL_RE, MODEL_NAME_RE
+from tfmux.core.service import ServingService
+from tfmux.transports.openapi_schemas import (
+    BINARY_BODY,
+    EMPTY_OK,
+    ERROR,
+    HEADER_LENGTH,
+    OBJECT,
+    STRING,
+    TEXT_BODY,
+    UNAVAILABLE,
+    Json,
+    array,
+    nullable,
+    nullable_obj,
+    obj,
+    ref,
+    schemas,
+    served,
+    tag,
+)
+from tfmux.transports.openapi_schemas import (
+    body as _body,
+)
+from tfmux.transports.openapi_schemas import (
+    json_response as _json,
+)
 from tfmux.transports.rest import Handler, Request, Response
 from tfmux.transports.tfs_codec import dumps
-from tfmux.transports.v2_types import DATATYPE_OF
 
 PATH = "/openapi.json"
-Json = dict[str, Any]
 
-ANY: Json = {}
-STRING: Json = {"type": "string"}
-OBJECT: Json = {"type": "object"}
-TEXT_BODY: Json = {"text/plain": {"schema": STRING}}
-
-
-def _ref(name: str) -> Json:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _obj(properties: Json, required: tuple[str, ...] = (), **extra: Any) -> Json:
-    schema: Json = {"type": "object", "properties": properties, **extra}
-    if required:
-        schema["required"] = list(required)
-    return schema
-
-
-def _array(items: Json) -> Json:
-    return {"type": "array", "items": items}
-
-
-def _json(schema: Json, description: str) -> Json:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-ERROR = _json(_ref("Error"), 'The error: {"error": message}')
-EMPTY_OK: Json = {"description": "OK (empty body)", "content": TEXT_BODY}
-HEADER_LENGTH: Json = {
-    "description": "Length of the JSON header when binary tensor data follows it",
-    "schema": {"type": "integer", "minimum": 0},
+MODEL_NAME: Json = {"type": "string", "pattern": MODEL_NAME_RE.pattern}
+LABEL: Json = {"type": "string", "pattern": LABEL_RE.pattern}
+# V2 names a label in the model name too: MODEL@LABEL.
+MODEL_OR_ALIAS: Json = {
+    "type": "string",
+    "pattern": MODEL_NAME_RE.pattern[:-1] + "(@" + LABEL_RE.pattern[1:-1] + ")?$",
 }
-BINARY_BODY: Json = {
-    "schema": {"type": "string", "format": "binary"},
-    "description": "JSON header, then raw tensors (little-endian, row-major; BYTES elements "
-    "as a 4-byte little-endian length and the bytes)",
-}
+VERSION: Json = {"type": "integer", "minimum": 0}
 
 
-def _param(name: str, where: str = "path", schema: Json = STRING) -> Json:
-    return {"name": name, "in": where, "required": where == "path", "schema": schema}
+class Doc:
+    """What one server's document says beyond the fixed surface: examples of its model names,
+    and whether management calls need the admin token."""
+
+    def __init__(
+        self, models: Iterable[str] = (), labels: Iterable[str] = (), admin_token: bool = False
+    ) -> None:
+        self.examples = {"model_name": sorted(set(models)), "label": sorted(set(labels))}
+        self.admin_token = admin_token
+
+    def param(self, name: str, schema: Json = STRING, where: str = "path") -> Json:
+        """A parameter; model names and labels have the server's as examples."""
+        param: Json = {"name": name, "in": where, "required": where == "path", "schema": schema}
+        if self.examples.get(name):
+            param["examples"] = {value: {"value": value} for value in self.examples[name]}
+        return param
+
+    def item(
+        self,
+        method: str,
+        path: str,
+        summary: str,
+        ok: Json,
+        body: Json | None = None,
+        params: Json | None = None,
+        headers: tuple[Json, ...] = (),
+        responses: Json | None = None,
+    ) -> Json:
+        """A path item with one operation; its path parameters are read from the template and
+        typed by ``params`` (strings otherwise)."""
+        names = re.findall(r"{(\w+)}", path)
+        operation: Json = {
+            "operationId": method + "_" + re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_"),
+            "summary": summary,
+            "tags": [tag(path)],
+            "parameters": [self.param(n, (params or {}).get(n, STRING)) for n in names]
+            + list(headers),
+            "responses": {"200": ok, "4XX": ERROR, "5XX": ERROR}
+            | ({"503": UNAVAILABLE} if "model_name" in names else {})
+            | (responses or {}),
+        }
+        if body is not None:
+            operation["requestBody"] = body
+        return {method: operation}
+
+    def managed(self, item: Json) -> Json:
+        """A management operation: the bearer admin token, when the server has one."""
+        for operation in item.values():
+            operation["security"] = [{"adminToken": []}] if self.admin_token else [{}]
+        return item
 
 
-# Inference: the caller's sticky key for splits, and what answered (the arm, when a split chose).
-ROUTING_KEY = _param("X-Routing-Key", "header")
-SERVED = {name: {"schema": STRING} for name in ("X-Model-Name", "X-Model-Version", "X-Model-Arm")}
-
-
-def _served(ok: Json) -> Json:
-    return {**ok, "headers": {**ok.get("headers", {}), **SERVED}}
-
-
-def _item(
-    method: str,
-    path: str,
-    summary: str,
-    ok: Json,
-    body: Json | None = None,
-    responses: Json | None = None,
-    headers: tuple[Json, ...] = (),
-) -> Json:
-    """A path item with one operation; path parameters are read from the template (strings)."""
-    operation: Json = {
-        "operationId": method + "_" + re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_"),
-        "summary": summary,
-        "tags": [_tag(path)],
-        "parameters": [_param(n) for n in re.findall(r"{(\w+)}", path)] + list(headers),
-        "responses": {"200": ok, "4XX": ERROR, "5XX": ERROR, **(responses or {})},
-    }
-    if body is not None:
-        operation["requestBody"] = body
-    return {method: operation}
-
-
-def _tag(path: str) -> str:
-    if path.startswith("/v1/"):
-        return "TF Serving"
-    if path.startswith("/v2") and "/health/" not in path:
-        return "KServe V2"
-    return "Operations"
-
-
-def _tfs_paths() -> Json:
-    predict = {"required": True, "content": {"application/json": {"schema": _ref("Predict")}}}
-    examples = {"required": True, "content": {"application/json": {"schema": _ref("Examples")}}}
+def tfs_paths(doc: Doc) -> Json:
+    """TF Serving's REST API: status, metadata, predict, classify, regress."""
+    model = "An inference body's values must fit the model's signature."
+    predict = _body(ref("Predict"), description=model)
+    examples = _body(ref("Examples"), description=model)
+    params = {"model_name": MODEL_NAME, "version": VERSION, "label": LABEL}
+    key = doc.param("X-Routing-Key", where="header")
     paths: Json = {}
     for prefix in (
         "/v1/models/{model_name}",
@@ -108,195 +126,138 @@ def _tfs_paths() -> Json:
         "/v1/models/{model_name}/labels/{label}",
     ):
         verbs = {
-            "": ("get", "Model version status", _json(_ref("ModelStatus"), "Status"), None),
+            "": ("get", "Model version status", _json(ref("ModelStatus"), "Status"), None),
             "/metadata": ("get", "Signature defs", _json(OBJECT, "SignatureDefMap"), None),
-            ":predict": ("post", "Predict", _json(_ref("PredictResult"), "Outputs"), predict),
-            ":classify": ("post", "Classify", _json(_ref("Results"), "Classes"), examples),
-            ":regress": ("post", "Regress", _json(_ref("Results"), "Values"), examples),
+            ":predict": ("post", "Predict", _json(ref("PredictResult"), "Outputs"), predict),
+            ":classify": ("post", "Classify", _json(ref("Results"), "Classes"), examples),
+            ":regress": ("post", "Regress", _json(ref("Results"), "Values"), examples),
         }
         for suffix, (method, summary, ok, body) in verbs.items():
             infers = method == "post"
-            paths[prefix + suffix] = _item(
+            paths[prefix + suffix] = doc.item(
                 method,
                 prefix + suffix,
                 summary,
-                _served(ok) if infers else ok,
+                served(ok) if infers else ok,
                 body,
-                headers=(ROUTING_KEY,) if infers else (),
+                params,
+                headers=(key,) if infers else (),
             )
     return paths
 
 
-def _v2_paths() -> Json:
-    infer_body = {
-        "required": True,
-        "content": {
-            "application/json": {"schema": _ref("InferenceRequest")},
-            "application/octet-stream": BINARY_BODY,
-        },
-    }
+def v2_paths(doc: Doc) -> Json:
+    """KServe V2 inference: server and model metadata, readiness, inference."""
+    infer_body = _body(
+        ref("InferenceRequest"),
+        description="The inputs must fit the model's signature and each its shape. With the "
+        "binary tensor data extension the body is this JSON header followed by the raw "
+        "tensors, and Inference-Header-Content-Length gives the header's length.",
+    )
     infer_ok = {
         "description": "Outputs; binary ones follow the JSON header",
         "headers": {"Inference-Header-Content-Length": HEADER_LENGTH},
         "content": {
-            "application/json": {"schema": _ref("InferenceResponse")},
+            "application/json": {"schema": ref("InferenceResponse")},
             "application/octet-stream": BINARY_BODY,
         },
     }
-    length = _param("Inference-Header-Content-Length", "header", HEADER_LENGTH["schema"])
-    not_ready = {"400": {"description": "Not ready", "content": {"application/json": {}}}}
-    paths = {"/v2": _item("get", "/v2", "Server metadata", _json(_ref("Server"), "OK"))}
-    for prefix in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"):
-        ready, infer = prefix + "/ready", prefix + "/infer"
-        paths[prefix] = _item("get", prefix, "Model metadata", _json(_ref("ModelMetadata"), "OK"))
-        paths[ready] = _item("get", ready, "Model readiness", EMPTY_OK, responses=not_ready)
-        paths[infer] = _item(
-            "post", infer, "Inference", _served(infer_ok), infer_body, headers=(length, ROUTING_KEY)
-        )
-    index = "/v2/repository/index"
-    index_body = {"content": {"application/json": {"schema": _obj({"ready": {"type": "boolean"}})}}}
-    index_ok = _json(_array(_ref("IndexEntry")), "Every configured model version and its state")
-    paths[index] = _item("post", index, "Repository index", index_ok, index_body)
-    control = {"content": {"application/json": {"schema": _obj({"parameters": OBJECT})}}}
-    for action in ("load", "unload"):
-        path = f"/v2/repository/models/{{model_name}}/{action}"
-        summary = f"{action.capitalize()} a configured model, or a repository folder, by name"
-        paths[path] = _item("post", path, summary, EMPTY_OK, control)
-        paths[path]["post"]["security"] = [{}, {"adminToken": []}]  # the token, when set
-    path = "/v2/repository/models/{model_name}/traffic"  # tfmux's traffic extension
-    state = _json(_ref("Traffic"), "Labels, split and shadow (after the change)")
-    change = {"required": True, "content": {"application/json": {"schema": _ref("Traffic")}}}
-    paths[path] = _item("get", path, "Traffic of a model or alias", state) | _item(
-        "post", path, "Move labels, replace the split or shadow, atomically", state, change
+    headers = (
+        doc.param("Inference-Header-Content-Length", HEADER_LENGTH["schema"], "header"),
+        doc.param("X-Routing-Key", where="header"),
     )
-    paths[path]["post"]["security"] = [{}, {"adminToken": []}]
+    not_ready = {"400": {"description": "Not ready", "content": {"application/json": {}}}}
+    paths = {"/v2": doc.item("get", "/v2", "Server metadata", _json(ref("Server"), "OK"))}
+    for prefix, params in (
+        ("/v2/models/{model_name}", {"model_name": MODEL_OR_ALIAS}),
+        (
+            "/v2/models/{model_name}/versions/{model_version}",
+            {"model_name": MODEL_NAME, "model_version": VERSION},
+        ),
+    ):
+        ready, infer = prefix + "/ready", prefix + "/infer"
+        meta = _json(ref("ModelMetadata"), "OK")
+        paths[prefix] = doc.item("get", prefix, "Model metadata", meta, params=params)
+        paths[ready] = doc.item(
+            "get", ready, "Model readiness", EMPTY_OK, params=params, responses=not_ready
+        )
+        paths[infer] = doc.item(
+            "post", infer, "Inference", served(infer_ok), infer_body, params, headers
+        )
     return paths
 
 
-def _ops_paths() -> Json:
+def management_paths(doc: Doc) -> Json:
+    """The V2 model repository extension and tfmux's traffic extension. Reading is open;
+    changes need management on and, when the server has one, the admin token."""
+    index = "/v2/repository/index"
+    index_body = _body(obj({"ready": nullable("boolean")}), required=False)
+    index_ok = _json(array(ref("IndexEntry")), "Every configured model version and its state")
+    paths = {index: doc.item("post", index, "Repository index", index_ok, index_body)}
+    params = {"model_name": MODEL_NAME}
+    # A load never brings a model config or files: only the configured repositories.
+    no_files = {"propertyNames": {"not": {"anyOf": [{"const": "config"}, {"pattern": "^file:"}]}}}
+    bodies = {
+        "load": obj({"parameters": nullable_obj({}) | no_files}),
+        "unload": obj({"parameters": nullable_obj({"unload_dependents": nullable("boolean")})}),
+    }
+    for action, schema in bodies.items():
+        path = f"/v2/repository/models/{{model_name}}/{action}"
+        summary = f"{action.capitalize()} a configured model, or a repository folder, by name"
+        body = _body(schema, required=False)
+        paths[path] = doc.managed(doc.item("post", path, summary, EMPTY_OK, body, params))
+    path = "/v2/repository/models/{model_name}/traffic"
+    traffic = {"model_name": {"type": "string", "pattern": "^[^/]+$"}}  # a model or an alias
+    state = _json(ref("Traffic"), "Labels, split and shadow (after the change)")
+    change = _body(
+        ref("TrafficChange"),
+        required=False,  # an empty body changes nothing and answers the state
+        description="Labels must name served versions, and split arms and the shadow target "
+        "labels or versions of the model",
+    )
+    paths[path] = doc.item("get", path, "Traffic of a model or alias", state, params=traffic)
+    paths[path] |= doc.managed(
+        doc.item(
+            "post",
+            path,
+            "Move labels, replace the split or shadow, atomically",
+            state,
+            change,
+            traffic,
+        )
+    )
+    return paths
+
+
+def ops_paths(doc: Doc) -> Json:
+    """Health, Prometheus metrics and this document."""
     metrics = {"description": "Prometheus text format", "content": TEXT_BODY}
     not_ready = {"503": {"description": "Not ready", "content": TEXT_BODY}}
     paths = {
-        "/v2/health/live": _item("get", "/v2/health/live", "Liveness", EMPTY_OK),
-        "/v2/health/ready": _item(
+        "/v2/health/live": doc.item("get", "/v2/health/live", "Liveness", EMPTY_OK),
+        "/v2/health/ready": doc.item(
             "get", "/v2/health/ready", "Every eager load has ended", EMPTY_OK, responses=not_ready
         ),
-        PATH: _item("get", PATH, "This document", _json(OBJECT, "OpenAPI 3.1")),
+        PATH: doc.item("get", PATH, "This document", _json(OBJECT, "OpenAPI 3.1")),
     }
     for path in ("/metrics", "/monitoring/prometheus/metrics"):
-        paths[path] = _item("get", path, "Prometheus metrics", metrics)
+        paths[path] = doc.item("get", path, "Prometheus metrics", metrics)
     return paths
 
 
-def _tensor(*extra: tuple[str, Json]) -> Json:
-    base = {
-        "name": STRING,
-        "datatype": _ref("Datatype"),
-        "shape": _array({"type": "integer", "minimum": -1}),
-    }
-    return _obj(base | dict(extra), ("name", "datatype", "shape"))
+# Every area of the REST surface; a new area adds its function here.
+AREAS: tuple[Callable[[Doc], Json], ...] = (tfs_paths, v2_paths, management_paths, ops_paths)
 
 
-def _schemas() -> Json:
-    parameters = {"type": "object", "additionalProperties": True}
-    data = {"description": "Row-major values, flat or nested lists"}
-    return {
-        "Error": _obj({"error": STRING}, ("error",)),
-        "ModelStatus": _obj(
-            {
-                "model_version_status": _array(
-                    _obj(
-                        {
-                            "version": STRING,
-                            "state": {
-                                "enum": [
-                                    "UNKNOWN",
-                                    "START",
-                                    "LOADING",
-                                    "AVAILABLE",
-                                    "UNLOADING",
-                                    "END",
-                                ]
-                            },
-                            "status": _obj({"error_code": STRING, "error_message": STRING}),
-                        }
-                    )
-                )
-            }
-        ),
-        "Predict": _obj(
-            {"signature_name": STRING, "instances": _array(ANY), "inputs": ANY},
-            oneOf=[{"required": ["instances"]}, {"required": ["inputs"]}],
-        ),
-        "PredictResult": _obj({"predictions": ANY, "outputs": ANY}),
-        "Examples": _obj(
-            {"signature_name": STRING, "context": OBJECT, "examples": _array(OBJECT)},
-            ("examples",),
-        ),
-        "Results": _obj({"results": _array(ANY)}, ("results",)),
-        "Datatype": {"enum": sorted(DATATYPE_OF.values())},
-        "Server": _obj(
-            {"name": STRING, "version": STRING, "extensions": _array(STRING)},
-            ("name", "version", "extensions"),
-        ),
-        "ModelMetadata": _obj(
-            {
-                "name": STRING,
-                "versions": _array(STRING),
-                "platform": STRING,
-                "inputs": _array(_tensor()),
-                "outputs": _array(_tensor()),
-            },
-            ("name", "platform", "inputs", "outputs"),
-        ),
-        "InferenceRequest": _obj(
-            {
-                "id": STRING,
-                "parameters": parameters,
-                "inputs": _array(_tensor(("parameters", parameters), ("data", data))),
-                "outputs": _array(_obj({"name": STRING, "parameters": parameters}, ("name",))),
-            },
-            ("inputs",),
-        ),
-        "InferenceResponse": _obj(
-            {
-                "model_name": STRING,
-                "model_version": STRING,
-                "id": STRING,
-                "outputs": _array(_tensor(("parameters", parameters), ("data", data))),
-            },
-            ("model_name", "outputs"),
-        ),
-        "Traffic": _obj(
-            {
-                "labels": {"type": "object", "additionalProperties": {"type": ["integer", "null"]}},
-                "split": {"type": "object", "additionalProperties": {"type": "number"}},
-                "shadow": {
-                    "oneOf": [
-                        {"type": "null"},
-                        _obj({"target": STRING, "percent": {"type": "number"}}, ("target",)),
-                    ]
-                },
-                "allow_unavailable": {"type": "boolean"},  # in a change only
-                "alias": {"type": "boolean"},  # in the state of an alias only
-            }
-        ),
-        "IndexEntry": _obj(
-            {
-                "name": STRING,
-                "version": STRING,
-                "state": {"enum": ["READY", "UNAVAILABLE", "LOADING", "UNLOADING", "UNKNOWN"]},
-                "reason": STRING,
-                "memory_bytes": {"type": "integer", "minimum": 0},  # tfmux's: once loaded
-                "memory_measured": {"type": "boolean"},
-            },
-            ("name", "state"),
-        ),
-    }
-
-
-def document() -> Json:
-    """The OpenAPI document as plain data."""
+def document(
+    models: Iterable[str] = (), labels: Iterable[str] = (), admin_token: bool = False
+) -> Json:
+    """The OpenAPI document as plain data, for a server with ``models`` and ``labels``
+    (examples of path parameters) that does or does not want an admin token for management."""
+    doc = Doc(models, labels, admin_token)
+    paths: Json = {}
+    for area in AREAS:
+        paths |= area(doc)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -304,23 +265,32 @@ def document() -> Json:
             "version": tfmux.__version__,
             "description": "Serve many TensorFlow SavedModels: TF Serving REST and KServe V2.",
         },
-        "paths": _tfs_paths() | _v2_paths() | _ops_paths(),
+        "paths": paths,
         "components": {
-            "schemas": _schemas(),
-            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas(),
+            "securitySchemes": {
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The server's --admin-token, for management calls",
+                }
+            },
         },
     }
 
 
-_BODY = dumps(document())
+class OpenApiRest:
+    """GET /openapi.json: the document for the models and labels the server knows when asked."""
 
+    def __init__(self, service: ServingService, admin_token: bool) -> None:
+        self._service = service
+        self._admin_token = admin_token
 
-def route(method: str, path: str) -> Handler | None:
-    """The REST route for GET /openapi.json."""
-    if path != PATH or method != "GET":
-        return None
-    return _serve
+    def route(self, method: str, path: str) -> Handler | None:
+        return self._serve if method == "GET" and path == PATH else None
 
-
-async def _serve(request: Request) -> Response:
-    return Response(body=_BODY)
+    async def _serve(self, request: Request) -> Response:
+        models = sorted({name for name, _ in self._service.repository_index()})
+        traffic = self._service.manager.traffic
+        labels = {label for m in models for label in getattr(traffic.routing(m), "labels", ())}
+        return Response(body=dumps(document(models, labels, self._admin_token)))

@@ -59,10 +59,14 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
-# A route answers a path with a handler, or None when the path is not its own. Its answer
-# depends only on the method and path (the app caches it).
+# A route answers a method on a path with a handler, or None when it does not answer that method
+# on that path. Its answer depends only on the method and path (the app caches it). The app
+# answers 405 with ``Allow`` when some route answers the path for other methods only.
 Route = Callable[[str, str], Handler | None]
 ROUTE_CACHE_SIZE = 4096
+# The methods probed to tell 405 (a known path) from 404; HEAD is not answered for GET paths
+# (the OpenAPI document declares none), so it is 405 there too.
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
 
 
 def authorization(request: Request) -> str | None:
@@ -145,14 +149,23 @@ class RestApp:
         handler = self._handlers.get((method, path))
         if handler is not None:
             return handler
+        handler = self._find(method, path)
+        if handler is None:
+            allowed = [other for other in METHODS if self._find(other, path) is not None]
+            if not allowed:
+                raise ServingError(ErrorKind.NOT_FOUND, f"no such endpoint: {method} {path}")
+            handler = method_not_allowed(allowed)
+        if len(self._handlers) >= ROUTE_CACHE_SIZE:
+            self._handlers.clear()
+        self._handlers[method, path] = handler
+        return handler
+
+    def _find(self, method: str, path: str) -> Handler | None:
         for route in self._routes:
             handler = route(method, path)
             if handler is not None:
-                if len(self._handlers) >= ROUTE_CACHE_SIZE:
-                    self._handlers.clear()
-                self._handlers[method, path] = handler
                 return handler
-        raise ServingError(ErrorKind.NOT_FOUND, f"no such endpoint: {method} {path}")
+        return None
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Any) -> bytes:
         declared = headers.get(b"content-length")
@@ -177,6 +190,18 @@ class RestApp:
             f"request body of {size} bytes exceeds the limit of {self._max_body} bytes "
             "(--max-body-size)"
         )
+
+
+def method_not_allowed(allowed: list[str]) -> Handler:
+    """405 for a known path asked with a method it does not answer; ``Allow`` lists those it
+    does (RFC 9110 section 15.5.6)."""
+    allow = ", ".join(allowed)
+
+    async def answer(request: Request) -> Response:
+        message = f"method {request.method} not allowed for {request.path}; use {allow}"
+        return Response(405, encode_error(message), headers=[(b"allow", allow.encode())])
+
+    return answer
 
 
 def _disconnect_probe(receive: Any) -> Gone | None:

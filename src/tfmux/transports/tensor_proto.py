@@ -26,13 +26,11 @@ from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from tensorflow.core.framework.tensor_pb2 import TensorProto
 
 from tfmux.errors import invalid_argument, unimplemented
+from tfmux.transports.shapes import MAX_TENSOR_BYTES, checked_shape
 from tfmux.types import DTYPE_TO_TF, dtype_name, numpy_dtype
 
 _Dim = tensor_shape_pb2.TensorShapeProto.Dim
 
-# A single protobuf message cannot exceed 2 GiB, so no tensor a client can send may either;
-# the same bound stops a one-value broadcast from asking for unbounded memory.
-MAX_TENSOR_BYTES = 2**31 - 1
 
 # The typed repeated field that carries each neutral dtype (from tensor.proto).
 VALUE_FIELD: dict[str, str] = {
@@ -71,14 +69,7 @@ def to_array(name: str, proto: TensorProto) -> np.ndarray:
     ``tensor_content`` may be read-only views of the request's bytes.
     """
     dtype = _dtype(name, proto.dtype)
-    shape = _shape(name, proto)
-    count = math.prod(shape)
-    itemsize = 8 if dtype == "string" else numpy_dtype(dtype).itemsize
-    if count * itemsize > MAX_TENSOR_BYTES:
-        raise invalid_argument(
-            f"input '{name}': shape {list(shape)} of {dtype} needs {count * itemsize} bytes, "
-            f"more than the {MAX_TENSOR_BYTES} a tensor may have"
-        )
+    shape = _shape(name, proto, dtype)
     if proto.tensor_content:
         return _from_content(name, proto.tensor_content, dtype, shape)
     return _from_values(name, proto, dtype, shape)
@@ -95,13 +86,11 @@ def _dtype(name: str, enum: int) -> str:
     return dtype
 
 
-def _shape(name: str, proto: TensorProto) -> tuple[int, ...]:
+def _shape(name: str, proto: TensorProto, dtype: str) -> tuple[int, ...]:
     if proto.tensor_shape.unknown_rank:
         raise invalid_argument(f"input '{name}' has unknown rank; a request needs a full shape")
-    shape = tuple(dim.size for dim in proto.tensor_shape.dim)
-    if any(size < 0 for size in shape):
-        raise invalid_argument(f"input '{name}' has negative dimensions in shape {list(shape)}")
-    return shape
+    dims = (dim.size for dim in proto.tensor_shape.dim)
+    return tuple(checked_shape(dims, numpy_dtype(dtype).itemsize, name))
 
 
 def _from_content(name: str, content: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:

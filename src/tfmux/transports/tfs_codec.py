@@ -9,7 +9,6 @@ Every problem with a request value is an INVALID_ARGUMENT naming the input.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import numpy as np
 import orjson
 
 from tfmux.errors import invalid_argument
+from tfmux.transports.shapes import MAX_RANK
 from tfmux.types import DEFAULT_SIGNATURE, numpy_dtype
 
 # Integers beyond 2**bits - 1 lose precision in the float type (TF Serving rejects them).
@@ -75,7 +75,7 @@ def b64decode(text: str, where: str) -> bytes:
     """Decode standard base64 (padding optional); ``where`` prefixes the error message."""
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a str that is not ASCII
         raise invalid_argument(f"{where}: Unable to base64 decode {snippet(text)}") from None
 
 
@@ -101,6 +101,9 @@ def to_array(name: str, value: Any, dtype: str) -> np.ndarray:
     only while exact; bools only into bool); strings and b64 objects become bytes. Ragged lists,
     wrong types and out-of-range values raise INVALID_ARGUMENT naming ``name``.
     """
+    rank = len(_dense_shape(value))
+    if rank > MAX_RANK:  # numpy holds at most MAX_RANK dimensions
+        raise invalid_argument(f"input '{name}' nests lists {rank} deep, more than {MAX_RANK}")
     if dtype == "string":
         return _string_array(name, value)
     try:

@@ -31,7 +31,7 @@ class TfServingRest:
         verb = match["verb"] or ""
         wanted = "GET" if verb in ("", "/metadata") else "POST"
         if method != wanted:
-            return _method_not_allowed(wanted)
+            return None  # the app answers 405
         handler = {
             "": self._status,
             "/metadata": self._metadata,
@@ -92,7 +92,7 @@ class TfServingRest:
 def _model_ref(name: str, version: str | None, label: str | None, key: str | None) -> ModelRef:
     if version is not None and label is not None:
         raise invalid_argument("a request may name a version or a label, not both")
-    if version is not None and not version.isdigit():
+    if version is not None and not (version.isascii() and version.isdigit()):
         raise invalid_argument(f"version must be a non-negative integer, not '{version}'")
     return ModelRef(name, int(version) if version is not None else None, label, key)
 
@@ -104,11 +104,3 @@ def _only_input(signature: SignatureSpec) -> str:
             f"tf.Examples, it has {len(signature.inputs)}"
         )
     return next(iter(signature.inputs))
-
-
-def _method_not_allowed(allowed: str) -> Handler:
-    async def answer(request: Request) -> Response:
-        body = tfs_json.encode_error(f"method {request.method} not allowed; use {allowed}")
-        return Response(405, body, headers=[(b"allow", allowed.encode())])
-
-    return answer

@@ -20,14 +20,13 @@ import re
 from functools import partial
 from typing import Any
 
-from tfmux.config import ShadowConfig, TrafficConfig
+from tfmux.config import LABEL_RE, ShadowConfig, TrafficConfig
 from tfmux.core.routing import Shadow
 from tfmux.core.service import ServingService
 from tfmux.core.traffic import Routing
 from tfmux.errors import invalid_argument, not_found, unimplemented
 from tfmux.transports.rest import Handler, Request, Response, authorization
 from tfmux.transports.tfs_codec import dumps, parse_json, snippet
-from tfmux.transports.tfs_json import encode_error
 
 _PATH = re.compile(r"^/v2/repository/models/(?P<name>[^/]+)/traffic$")
 _KEYS = ("labels", "split", "shadow", "allow_unavailable")
@@ -45,7 +44,7 @@ class TrafficRest:
         if match is None:
             return None
         handler = {"GET": self._get, "POST": self._post}.get(method)
-        return _method_not_allowed if handler is None else partial(handler, match["name"])
+        return None if handler is None else partial(handler, match["name"])  # None: 405
 
     async def _get(self, name: str, request: Request) -> Response:
         traffic = self._service.manager.traffic
@@ -98,6 +97,8 @@ def parse_change(doc: Json, current: Routing) -> tuple[dict[str, int] | None, Tr
     if "labels" in doc:
         labels = dict(current.labels)
         for label, version in _object(doc["labels"], "labels").items():
+            if not LABEL_RE.match(label):  # also when removing it: the OpenAPI doc says so
+                raise invalid_argument(f"label '{label}' must match {LABEL_RE.pattern}")
             if version is None:
                 labels.pop(label, None)
             elif isinstance(version, int) and not isinstance(version, bool) and version >= 0:
@@ -158,8 +159,3 @@ def _kept(shadow: Shadow | None) -> ShadowConfig | None:
     if shadow is None:
         return None
     return ShadowConfig(target=shadow.target, percent=shadow.percent)
-
-
-async def _method_not_allowed(request: Request) -> Response:
-    body = encode_error(f"method {request.method} not allowed; use GET or POST")
-    return Response(405, body, headers=[(b"allow", b"GET, POST")])

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tfmux.errors import internal, invalid_argument
+from tfmux.transports.shapes import checked_shape
 from tfmux.transports.tfs_codec import dumps, json_value, parse_json, snippet, to_array
 from tfmux.transports.v2_types import (
     DATATYPE_OF,
@@ -159,17 +160,19 @@ def _input_spec(item: Any, index: int) -> _InputSpec:
         raise invalid_argument(f"input '{name}' has both 'data' and binary data; give one")
     if size is None and "data" not in item:
         raise invalid_argument(f"input '{name}' has neither 'data' nor binary_data_size")
-    return _InputSpec(name, datatype, _shape(item.get("shape"), name), size, item.get("data"))
+    return _InputSpec(
+        name, datatype, _shape(item.get("shape"), datatype, name), size, item.get("data")
+    )
 
 
-def _shape(value: Any, name: str) -> list[int]:
+def _shape(value: Any, datatype: str, name: str) -> list[int]:
     if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):
         raise invalid_argument(
             f"input '{name}': 'shape' must be a list of non-negative integers, not {snippet(value)}"
         )
-    return value
+    return checked_shape(value, numpy_dtype(dtype_of(datatype, name)).itemsize, name)
 
 
 def _json_tensor(spec: _InputSpec) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from tfmux.errors import invalid_argument, unimplemented
+from tfmux.transports.shapes import checked_shape
 from tfmux.transports.v2_types import (
     DATATYPE_OF,
     LABEL_PARAMETER,
@@ -128,7 +129,7 @@ def decode_inputs(request: Any) -> dict[str, np.ndarray]:
         if name in tensors:
             raise invalid_argument(f"input '{name}' appears more than once")
         _refuse_unsupported(tensor.parameters, f"input '{name}'")
-        shape = _checked_shape(tensor.shape, name)
+        shape = checked_shape(tensor.shape, _itemsize(tensor.datatype, name), name)
         if not raw:
             tensors[name] = _from_contents(tensor, shape)
         elif tensor.HasField("contents"):
@@ -162,15 +163,6 @@ def _refuse_unsupported(parameters: Mapping[str, Any], where: str) -> None:
             raise unimplemented(
                 f"{where}: parameter '{key}' asks for {feature}, which tfmux does not support"
             )
-
-
-def _checked_shape(shape: Sequence[int], name: str) -> list[int]:
-    dims = list(shape)
-    if any(d < 0 for d in dims):
-        raise invalid_argument(f"input '{name}': shape {dims} has a negative dimension")
-    if math.prod(d for d in dims if d) >= 2**63:  # numpy's limit, even for an empty tensor
-        raise invalid_argument(f"input '{name}': shape {dims} holds too many elements")
-    return dims
 
 
 def _from_contents(tensor: Any, shape: list[int]) -> np.ndarray:
@@ -221,3 +213,7 @@ def _datatype(name: str, array: np.ndarray) -> str:
     if datatype is None:
         raise unimplemented(f"output '{name}' has dtype {dtype}, which V2 cannot carry")
     return datatype
+
+
+def _itemsize(datatype: str, name: str) -> int:
+    return numpy_dtype(dtype_of(datatype, name)).itemsize

@@ -58,7 +58,7 @@ class KServeRest:
         if endpoint is None:
             return None
         allowed, handler = endpoint
-        return handler if method == allowed else _method_not_allowed(allowed)
+        return handler if method == allowed else None  # the app answers 405
 
     def _endpoint(self, path: str) -> tuple[str, Handler] | None:
         if path == "/v2":
@@ -180,7 +180,9 @@ def _body_object(body: bytes) -> dict[str, Any]:
 
 def _control_parameters(body: bytes) -> dict[str, Any]:
     """The ``parameters`` object of a load or unload request (empty when absent)."""
-    params = _body_object(body).get("parameters") or {}
+    params = _body_object(body).get("parameters")
+    if params is None:
+        return {}
     if not isinstance(params, dict):
         raise invalid_argument(f"'parameters' must be an object, not {snippet(params)}")
     return params
@@ -191,14 +193,6 @@ def _flag(doc: dict[str, Any], key: str) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise invalid_argument(f"'{key}' must be true or false, not {snippet(value)}")
     return value
-
-
-def _method_not_allowed(allowed: str) -> Handler:
-    async def answer(request: Request) -> Response:
-        body = encode_error(f"method {request.method} not allowed; use {allowed}")
-        return Response(405, body, headers=[(b"allow", allowed.encode())])
-
-    return answer
 
 
 def _entry_json(entry: IndexEntry) -> dict[str, Any]:

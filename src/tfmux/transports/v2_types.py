@@ -5,6 +5,7 @@ model repository extension's index."""
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from collections.abc import Iterable, Mapping
@@ -15,6 +16,7 @@ import numpy as np
 
 from tfmux.core.service import ServingService
 from tfmux.errors import ServingError, invalid_argument
+from tfmux.transports.shapes import checked_shape
 from tfmux.types import ModelRef, Shape, SignatureSpec, TensorSpec, VersionStatus, numpy_dtype
 
 DATATYPE_OF: dict[str, str] = {
@@ -102,20 +104,11 @@ def _ordered(specs: Mapping[str, TensorSpec]) -> list[TensorSpec]:
     return [specs[k] for k in sorted(specs)]
 
 
-def element_count(shape: list[int], tensor: str) -> int:
-    """Elements a V2 shape holds; INVALID_ARGUMENT for negative dimensions."""
-    if any(d < 0 for d in shape):
-        raise invalid_argument(f"tensor '{tensor}': shape {shape} has a negative dimension")
-    count = 1
-    for d in shape:
-        count *= int(d)  # Python ints: no silent overflow
-    return count
-
-
 def from_raw(raw: bytes, datatype: str, shape: list[int], tensor: str) -> np.ndarray:
     """A tensor from V2 raw bytes (little-endian, row-major; BYTES as 4-byte length + data)."""
     dtype = dtype_of(datatype, tensor)
-    count = element_count(shape, tensor)
+    shape = checked_shape(shape, numpy_dtype(dtype).itemsize, tensor)
+    count = math.prod(shape)
     if dtype == "string":
         return _bytes_from_raw(raw, count, tensor).reshape(shape)
     np_dtype = numpy_dtype(dtype).newbyteorder("<")
