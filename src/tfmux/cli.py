@@ -144,6 +144,12 @@ def main() -> None:
     help="Require 'Authorization: Bearer TOKEN' on management calls ($TFMUX_ADMIN_TOKEN).",
 )
 @click.option(
+    "--dashboard/--no-dashboard",
+    default=None,
+    help="The live dashboard (/dashboard) and status API (/status). [default: on when "
+    "listening on loopback; beyond it, on behind the admin token, off without one]",
+)
+@click.option(
     "--onednn/--no-onednn",
     default=None,
     help="TensorFlow's oneDNN CPU kernels: faster for some models, but memory freed by "
@@ -245,6 +251,9 @@ def _announce(server: Any) -> None:
     lines.append(f"tfmux listening on http://{config.host}:{server.http_port} (REST)")
     if server.grpc_port is not None:
         lines.append(f"tfmux listening on {config.host}:{server.grpc_port} (gRPC)")
+    lines.append(
+        f"dashboard: http://{config.host}:{server.http_port}/dashboard is {server.dashboard.reason}"
+    )
     for served in server.manager.models():
         statuses = server.manager.statuses(served.config.name) if served.versions else []
         described = ", ".join(f"v{s.version} {s.state}" for s in statuses) or str(served.problem)

@@ -180,6 +180,10 @@ class ServerConfig(BaseModel):
     poll_interval_seconds: float = Field(default=0.0, ge=0)
     management: bool = True
     admin_token: str | None = None
+    # The dashboard and status API: None (automatic) opens them on loopback and, beyond it,
+    # asks for the admin token (off without one); True opens them to everyone; False turns
+    # them off.
+    dashboard: bool | None = None
     onednn: bool = False  # oneDNN keeps freed model memory from the OS; off, unloads return it
     model_repositories: list[Path] = Field(default_factory=list)  # loadable by name
     tf_intra_op_threads: int | None = Field(default=None, ge=1)

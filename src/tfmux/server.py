@@ -15,14 +15,18 @@ import uvicorn
 
 from tfmux.config import ModelConfig, ServerConfig
 from tfmux.core.manager import ModelLoader, ModelManager
+from tfmux.core.observer import Observers
 from tfmux.core.poller import RepositoryPoller
 from tfmux.core.runtime import LoadedModel
 from tfmux.core.service import Management, ServingService
+from tfmux.core.status import StatusBoard, StatusSampler
+from tfmux.dashboard import dashboard_access
 from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.transports import openapi
 from tfmux.transports.grpc_server import GrpcServer, Registrar, start_grpc_server
 from tfmux.transports.ops_rest import OpsRest
 from tfmux.transports.rest import RestApp, Route
+from tfmux.transports.status_rest import StatusRest
 from tfmux.transports.tfs_grpc import TfServingGrpc
 from tfmux.transports.tfs_rest import TfServingRest
 from tfmux.transports.traffic_rest import TrafficRest
@@ -99,11 +103,19 @@ class TfmuxServer:
         loader = loader or saved_model_loader(config)
         self.runtime_report = ""
         self.metrics = Metrics()
+        # The status board (dashboard, status API) hears what metrics hear; its sampler owns
+        # the bounded history and is started and stopped with the server.
+        self.dashboard = dashboard_access(config.host, config.dashboard, config.admin_token)
+        self.status_board = StatusBoard() if self.dashboard.enabled else None
+        observer = Observers(self.metrics, self.status_board) if self.status_board else self.metrics
         self.manager = ModelManager(
-            loader, config.max_concurrent_loads, self.metrics, config.memory_budget_bytes
+            loader, config.max_concurrent_loads, observer, config.memory_budget_bytes
         )
+        self.sampler = StatusSampler(self.status_board) if self.status_board else None
         self.poller = RepositoryPoller(self.manager, config.poll_interval_seconds)
         self.metrics.watch(self.manager)
+        if self.status_board is not None:
+            self.status_board.watch(self.manager)
         timeout = config.request_timeout_ms / 1000 if config.request_timeout_ms else None
         management = Management(
             config.management, config.admin_token, tuple(config.model_repositories)
@@ -111,16 +123,18 @@ class TfmuxServer:
         self.service = ServingService(
             self.manager,
             config.inference_threads,
-            self.metrics,
+            observer,
             config.batching,
             timeout,
             management,
         )
+        self.service.status_board = self.status_board
         ops = OpsRest(self.service.ready, self.metrics.render, CONTENT_TYPE)
         # Every front end: REST routes (first match wins) and gRPC services.
         rest_routes: list[Route] = [
             TfServingRest(self.service).route,
             TrafficRest(self.service).route,
+            StatusRest(self.service, self.dashboard).route,
             KServeRest(self.service).route,
             openapi.route,
             ops.route,
@@ -176,6 +190,8 @@ class TfmuxServer:
             )
         if self.config.poll_interval_seconds > 0:
             self.poller.start()
+        if self.sampler is not None:
+            self.sampler.start()
 
     async def wait_for_loads(self) -> None:
         """Wait until the eager loads that started with the server have ended."""
@@ -184,6 +200,8 @@ class TfmuxServer:
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests, then unload every model."""
         await self.poller.stop()
+        if self.sampler is not None:
+            await self.sampler.stop()
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
         if self._grpc is not None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 
 class Observer(Protocol):
@@ -60,3 +61,23 @@ class NullObserver:
         self, name: str, version: str, method: str, seconds: float, error: str | None
     ) -> None:
         pass
+
+
+class Observers:
+    """Reports every event to each of several observers, in order (metrics, then status).
+    Events an observer does not implement are skipped for it."""
+
+    def __init__(self, *observers: object) -> None:
+        self._observers = observers
+
+    def __getattr__(self, event: str) -> Callable[..., None]:
+        handlers = [getattr(o, event) for o in self._observers if hasattr(o, event)]
+        if not handlers or event.startswith("_"):
+            raise AttributeError(event)
+
+        def report(*args: Any) -> None:
+            for handler in handlers:
+                handler(*args)
+
+        self.__dict__[event] = report  # resolved once per event name
+        return report
