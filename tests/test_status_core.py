@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tfmux.config import ModelConfig, TrafficConfig, VersionPolicy
-from tfmux.core.history import BINS, MAX_OPEN, SERIES, TrafficHistory, percentile
+from tfmux.core.history import BINS, LATENCY_EDGES, MAX_OPEN, SERIES, TrafficHistory, percentiles
 from tfmux.core.manager import ModelManager
 from tfmux.core.observer import Observers
 from tfmux.core.service import Management, ServingService
@@ -81,11 +81,17 @@ def test_history_is_bounded_in_time_and_models() -> None:
     assert history.tick(0.0, [], {}) == 0
 
 
-def test_percentile_of_empty_and_single_bin() -> None:
-    hist = np.zeros(BINS, np.int64)
-    assert percentile(hist, 0.5) is None
+def test_percentiles_of_histograms() -> None:
+    assert percentiles([0] * BINS, (0.5, 0.99)) == [None, None]
+    hist = [0] * BINS
     hist[0] = 3
-    assert percentile(hist, 0.99) is not None
+    (only,) = percentiles(hist, (0.99,))
+    assert only is not None and only < LATENCY_EDGES[0]
+    hist = [0] * BINS
+    hist[10], hist[20] = 98, 2  # 98% in bin 10, the slowest 2% in bin 20
+    p50, p99 = percentiles(hist, (0.5, 0.99))
+    assert p50 is not None and LATENCY_EDGES[9] < p50 < LATENCY_EDGES[10]
+    assert p99 is not None and LATENCY_EDGES[19] < p99 < LATENCY_EDGES[20]
 
 
 def test_observers_fan_out_and_skip_missing_events() -> None:

@@ -71,13 +71,26 @@ class Observers:
         self._observers = observers
 
     def __getattr__(self, event: str) -> Callable[..., None]:
-        handlers = [getattr(o, event) for o in self._observers if hasattr(o, event)]
+        handlers: list[Callable[..., None]] = [
+            getattr(o, event) for o in self._observers if hasattr(o, event)
+        ]
         if not handlers or event.startswith("_"):
             raise AttributeError(event)
 
-        def report(*args: Any) -> None:
-            for handler in handlers:
-                handler(*args)
+        if len(handlers) == 1:
+            (report,) = handlers
+        elif len(handlers) == 2:  # the usual pair, without a loop on the request path
+            first, second = handlers
+
+            def report(*args: Any) -> None:
+                first(*args)
+                second(*args)
+
+        else:
+
+            def report(*args: Any) -> None:
+                for handler in handlers:
+                    handler(*args)
 
         self.__dict__[event] = report  # resolved once per event name
         return report

@@ -115,6 +115,9 @@ class StatusBoard:
         self._last_event = 0
         self._loads = self._evictions = 0
         self._started = clock()
+        # The request path calls the history directly (one call less per request).
+        self.request_done = self.history.request_done  # type: ignore[method-assign]
+        self.batch_ran = self.history.batch_ran  # type: ignore[method-assign]
         self._overall: dict[str, deque[float | None]] = {
             key: deque([None] * points, maxlen=points) for key in OVERALL
         }
@@ -157,8 +160,9 @@ class StatusBoard:
 
     # -- sampling (the sampler task) -------------------------------------------------------
 
-    def sample(self) -> None:
-        """Record what changed since the last sample; close a history point when due."""
+    def sample(self, close: bool = False) -> None:
+        """Record what changed since the last sample; close a history point when due (or
+        now, with ``close``)."""
         now = self._clock()
         current = snapshot(self._manager)
         compare(self._snapshot, current, now, self.events)
@@ -170,7 +174,7 @@ class StatusBoard:
         last = self.history.last_tick
         if last is None:
             last = self.history.last_tick = self._started
-        if now - last >= self.history.resolution:
+        if close or now - last >= self.history.resolution:
             self._close_point(now)
 
     def _close_point(self, now: float) -> None:

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 import tfmux
+from tfmux.transports import status_openapi
 from tfmux.transports.rest import Handler, Request, Response
 from tfmux.transports.tfs_codec import dumps
 from tfmux.transports.v2_types import DATATYPE_OF
@@ -304,9 +305,9 @@ def document() -> Json:
             "version": tfmux.__version__,
             "description": "Serve many TensorFlow SavedModels: TF Serving REST and KServe V2.",
         },
-        "paths": _tfs_paths() | _v2_paths() | _ops_paths(),
+        "paths": _tfs_paths() | _v2_paths() | _ops_paths() | status_openapi.paths(),
         "components": {
-            "schemas": _schemas(),
+            "schemas": _schemas() | status_openapi.schemas(),
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         },
     }
