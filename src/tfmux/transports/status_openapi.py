@@ -83,6 +83,7 @@ def paths() -> Json:
                 "operationId": "get_dashboard",
                 "summary": "The live dashboard (a page over the status API)",
                 "tags": ["Status"],
+                "parameters": [],
                 "responses": {"200": page, "4XX": ERROR},
             }
         },
