@@ -269,7 +269,7 @@ function plot(canvas, lines, format = (v) => formatNumber(v, 1)) {
   }
   const points = lines.length ? lines[0].values.length : 0;
   const seconds = state.history ? points * state.history.resolution_seconds : 0;
-  g.fillText(`-${Math.round(seconds / 60)} min`, left, height - 3);
+  g.fillText(seconds >= 120 ? `-${Math.round(seconds / 60)} min` : `-${Math.round(seconds)} s`, left, height - 3);
   g.fillText("now", width - 20, height - 3);
   let legendX = left;
   lines.forEach((line, i) => {
@@ -309,9 +309,25 @@ function plot(canvas, lines, format = (v) => formatNumber(v, 1)) {
   canvas.setAttribute("aria-label", `${lines.map((l) => l.name).join(", ")}; peak ${peak === null ? "none" : format(peak)}`);
 }
 
+const MIN_PLOT_POINTS = 24; // two minutes at 5 s: a young server's plots start at its first point
+
+function visible(h) {
+  // The series from the server's first point on (at least MIN_PLOT_POINTS), so a server that
+  // started a minute ago shows that minute across the plot, not in its last pixels.
+  const first = h.overall.requests_per_second.findIndex((v) => v !== null);
+  const start = Math.min(first < 0 ? h.points : first, h.points - MIN_PLOT_POINTS);
+  const cut = (values) => values.slice(Math.max(0, start));
+  return {
+    ...h,
+    overall: Object.fromEntries(Object.entries(h.overall).map(([k, v]) => [k, cut(v)])),
+    models: Object.fromEntries(Object.entries(h.models).map(([name, series]) =>
+      [name, Object.fromEntries(Object.entries(series).map(([k, v]) => [k, cut(v)]))])),
+  };
+}
+
 function renderPlots() {
-  const h = state.history;
-  if (!h) return;
+  if (!state.history) return;
+  const h = visible(state.history);
   const chosen = state.picked ? [state.picked] : h.busiest;
   const named = chosen.filter((name) => h.models[name]);
   const series = (key) => named.map((name) => ({ name, values: h.models[name][key] }));
