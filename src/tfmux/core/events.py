@@ -77,7 +77,10 @@ def snapshot(manager: ModelManager) -> Snapshot:
 
 def compare(before: Snapshot, after: Snapshot, now: float, log: EventLog) -> None:
     """Add to ``log`` what changed between two snapshots (``now``: wall time)."""
-    loaded: dict[str, list[int]] = {}
+    serving: dict[str, list[int]] = {}  # model -> its AVAILABLE versions now
+    for (name, version), (_, state) in after.versions.items():
+        if state is State.AVAILABLE:
+            serving.setdefault(name, []).append(version)
     for (name, version), (mv, state) in after.versions.items():
         old = before.versions.get((name, version))
         fresh = old is None or old[0] is not mv
@@ -88,7 +91,6 @@ def compare(before: Snapshot, after: Snapshot, now: float, log: EventLog) -> Non
             seconds = mv.load_seconds
             took = f" in {seconds:.2f} s" if seconds is not None else ""
             log.add(now, "load", name, version, f"version {version} loaded{took}")
-            loaded.setdefault(name, []).append(version)
         elif state is State.END and was is not State.END and mv.error is not None:
             error = mv.error
             message = f"load failed: {error.kind.value}: {error.message}"
@@ -97,8 +99,8 @@ def compare(before: Snapshot, after: Snapshot, now: float, log: EventLog) -> Non
             _ended(mv, was, name, version, after, now, log, replaced=False)
     for (name, version), (mv, state) in before.versions.items():
         if (name, version) not in after.versions:
-            swapped = [v for v in loaded.get(name, []) if v != version]
-            if swapped and state is State.AVAILABLE:
+            swapped = [v for v in serving.get(name, []) if v != version]
+            if swapped and state in (State.AVAILABLE, State.UNLOADING):
                 text = f"version {version} replaced by version {max(swapped)}"
                 log.add(now, "swap", name, version, text)
             else:
