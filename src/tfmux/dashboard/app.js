@@ -16,6 +16,7 @@ const state = {
   sortAsc: true,
   filter: "",
   picked: "",
+  statusProblem: false, // the notice shows that /status could not be read
 };
 
 const $ = (selector) => document.querySelector(selector);
@@ -367,9 +368,11 @@ function render() {
 async function pollStatus() {
   try {
     state.overview = await api("/status");
-    if (!$("#notice").classList.contains("error")) notice("");
+    if (state.statusProblem) notice(""); // recovered: clear what this poll reported, only
+    state.statusProblem = false;
     render();
   } catch (error) {
+    state.statusProblem = true;
     if (error.status === 401) notice("This server's status needs the admin token: enter it above.", true);
     else notice(`Cannot read the status (${error.message}); retrying.`, true);
   } finally {
