@@ -102,10 +102,12 @@ def test_traffic_shows_in_history_and_rates(server: BackgroundServer) -> None:
     assert set(history["models"]) == {"regression", "binary"}
     regression = history["models"]["regression"]
     assert len(regression["requests_per_second"]) == history["points"] == 180
-    assert regression["requests_per_second"][-1] == pytest.approx(40 / 5)
-    assert regression["p50_ms"][-1] > 0 and regression["error_rate"][-1] == 0
+    # The sampler may have closed a point during the burst too: count the last two points.
+    assert sum(v or 0 for v in regression["requests_per_second"][-2:]) == pytest.approx(40 / 5)
+    assert max(v or 0 for v in regression["p50_ms"][-2:]) > 0
+    assert 0 in regression["error_rate"][-2:] and 1 not in regression["error_rate"][-2:]
     assert history["models"]["binary"]["requests_per_second"][-1] == 0
-    assert history["overall"]["requests_per_second"][-1] >= 60 / 5
+    assert sum(v or 0 for v in history["overall"]["requests_per_second"][-2:]) >= 60 / 5
     status = get(server, "/status").json()
     versioned = next(m for m in status["models"] if m["name"] == "versioned")
     arms = {a["arm"]: a for a in versioned["arms"]}
