@@ -18,8 +18,9 @@ from tfmux.core.manager import ModelLoader, ModelManager
 from tfmux.core.observer import Observers
 from tfmux.core.poller import RepositoryPoller
 from tfmux.core.runtime import LoadedModel
+from tfmux.core.sampler import StatusSampler
 from tfmux.core.service import Management, ServingService
-from tfmux.core.status import StatusBoard, StatusSampler
+from tfmux.core.status import StatusBoard
 from tfmux.dashboard import dashboard_access
 from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.transports import openapi

@@ -1,13 +1,10 @@
 """The server's status for people and scripts: every model and version with its state, memory,
 traffic and routing; a bounded history; recent events. It is an Observer (requests, batches,
-routes and shadows feed its history) and is sampled by ``StatusSampler``, a task the server
-owns, which compares snapshots of the manager (events) and closes history intervals."""
+routes and shadows feed its history) and is sampled by ``core.sampler.StatusSampler``, a task
+the server owns, which compares snapshots of the manager (events) and closes history intervals."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -19,7 +16,6 @@ from tfmux.core.lifecycle import ModelVersion, State
 from tfmux.core.manager import ModelManager
 from tfmux.core.served import ServedModel
 
-log = logging.getLogger("tfmux.status")
 OVERALL = ("requests_per_second", "memory_used_bytes", "queue_depth", "loads", "evictions")
 RECENT_EVENTS = 50  # events in an overview (the events API reads the whole ring)
 
@@ -291,31 +287,3 @@ def _round(value: float | None) -> float | None:
 
 def _queued(mv: ModelVersion) -> int:
     return sum(b.statistics().queued for b in list(mv.batchers.values()))
-
-
-class StatusSampler:
-    """Samples a StatusBoard every ``interval`` seconds. Owned by the server: ``start`` on
-    its event loop, ``stop`` at shutdown. A failing sample is logged; sampling goes on."""
-
-    def __init__(self, board: StatusBoard, interval: float = 1.0) -> None:
-        self._board = board
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="tfmux-status-sampler")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                self._board.sample()
-            except Exception:
-                log.exception("sampling the server's status failed")
