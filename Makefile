@@ -2,10 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
+# The dashboard's browser tests drive Debian's chromium (never a browser Playwright downloads).
+CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: setup serve test lint bench
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(CHROMIUM)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	else \
+		echo "note: $(CHROMIUM) is missing and only root can install it (apt-get install" \
+			"chromium); the dashboard's browser tests are skipped without it"; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

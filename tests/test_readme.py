@@ -102,6 +102,8 @@ def test_readme_curl_line_works(demo_server, line: str) -> None:
         assert body["model_version"] == "1" and body.get("id", "1") == "1"
         (output,) = body["outputs"]
         assert output["datatype"] == "FP32" and all(isinstance(v, float) for v in output["data"])
+    elif "/status" in line:  # docs/dashboard.md: the status API
+        assert body.get("models") is not None or body.get("events") is not None
     elif line.rstrip().endswith("/metadata"):
         assert "serving_default" in body["metadata"]["signature_def"]["signature_def"]
     else:

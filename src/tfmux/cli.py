@@ -228,6 +228,12 @@ def main() -> None:
     help="Largest REST request head (URL and headers); larger ones get 431.  [default: 64KiB]",
 )
 @click.option(
+    "--dashboard/--no-dashboard",
+    default=None,
+    help="The live dashboard (/dashboard) and status API (/status). [default: on when "
+    "listening on loopback; beyond it, on behind the admin token, off without one]",
+)
+@click.option(
     "--onednn/--no-onednn",
     default=None,
     help="TensorFlow's oneDNN CPU kernels: faster for some models, but memory freed by "
@@ -402,6 +408,10 @@ def _announce(server: Any) -> None:
     if server.grpc_port is not None:
         tls = " over TLS" if config.tls_cert_file else ""
         lines.append(f"tfmux listening on {config.host}:{server.grpc_port} (gRPC{tls})")
+    lines.append(
+        f"dashboard: {scheme}://{config.host}:{server.http_port}/dashboard is "
+        f"{server.dashboard.reason}"
+    )
     for served in server.manager.models():
         statuses = server.manager.statuses(served.config.name) if served.versions else []
         described = ", ".join(f"v{s.version} {s.state}" for s in statuses) or str(served.problem)

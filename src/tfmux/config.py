@@ -205,6 +205,10 @@ class ServerConfig(BaseModel):
     http_body_timeout_seconds: float = Field(default=30.0, gt=0)
     http_keep_alive_seconds: float = Field(default=5.0, gt=0)
     http_max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    # The dashboard and status API: None (automatic) opens them on loopback and, beyond it,
+    # asks for the admin token (off without one); True opens them to everyone; False turns
+    # them off.
+    dashboard: bool | None = None
     onednn: bool = False  # oneDNN keeps freed model memory from the OS; off, unloads return it
     model_repositories: list[Path] = Field(default_factory=list)  # loadable by name
     tf_intra_op_threads: int | None = Field(default=None, ge=1)

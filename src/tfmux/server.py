@@ -16,10 +16,14 @@ import uvicorn
 
 from tfmux.config import ModelConfig, ServerConfig
 from tfmux.core.manager import ModelLoader, ModelManager
+from tfmux.core.observer import Observers
 from tfmux.core.poller import RepositoryPoller
 from tfmux.core.runtime import LoadedModel
+from tfmux.core.sampler import StatusSampler
 from tfmux.core.service import Management, ServingService
 from tfmux.exposure import gate
+from tfmux.core.status import StatusBoard
+from tfmux.dashboard import dashboard_access
 from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.tls import TlsFiles
 from tfmux.transports import openapi
@@ -28,6 +32,7 @@ from tfmux.transports.h2.stats import H2Collector, H2Stats
 from tfmux.transports.ops_rest import OpsRest
 from tfmux.transports.rest import RestApp, Route
 from tfmux.transports.rest_guard import GuardedHttpToolsProtocol, RestLimits
+from tfmux.transports.status_rest import StatusRest
 from tfmux.transports.tfs_grpc import TfServingGrpc
 from tfmux.transports.tfs_rest import TfServingRest
 from tfmux.transports.traffic_rest import TrafficRest
@@ -110,17 +115,25 @@ class TfmuxServer:
         loader = loader or saved_model_loader(config)
         self.runtime_report = ""
         self.metrics = Metrics(config.metrics_histogram_models)
+        # The status board (dashboard, status API) hears what metrics hear; its sampler owns
+        # the bounded history and is started and stopped with the server.
+        self.dashboard = dashboard_access(config.host, config.dashboard, config.admin_token)
+        self.status_board = StatusBoard() if self.dashboard.enabled else None
+        observer = Observers(self.metrics, self.status_board) if self.status_board else self.metrics
         self.manager = ModelManager(
             loader,
             config.max_concurrent_loads,
-            self.metrics,
+            observer,
             config.memory_budget_bytes,
             eviction_policy=config.eviction_policy,
         )
+        self.sampler = StatusSampler(self.status_board) if self.status_board else None
         self.poller = RepositoryPoller(self.manager, config.poll_interval_seconds)
         self.metrics.watch(self.manager)
         self.h2_stats = H2Stats()  # what the gRPC port's HTTP/2 limits did, in /metrics
         self.metrics.registry.register(H2Collector(self.h2_stats))
+        if self.status_board is not None:
+            self.status_board.watch(self.manager)
         timeout = config.request_timeout_ms / 1000 if config.request_timeout_ms else None
         self.management_gate = gate(
             "model management", config.management, config.host, config.admin_token, "management"
@@ -134,17 +147,19 @@ class TfmuxServer:
         self.service = ServingService(
             self.manager,
             config.inference_threads,
-            self.metrics,
+            observer,
             config.batching,
             timeout,
             management,
             config.max_run_time_ms / 1000,
         )
+        self.service.status_board = self.status_board
         ops = OpsRest(self.service.ready, self.metrics.render, CONTENT_TYPE)
         # Every front end: REST routes (first match wins) and gRPC services.
         rest_routes: list[Route] = [
             TfServingRest(self.service).route,
             TrafficRest(self.service).route,
+            StatusRest(self.service, self.dashboard).route,
             KServeRest(self.service).route,
             openapi.OpenApiRest(self.service, config.admin_token is not None).route,
             ops.route,
@@ -196,6 +211,8 @@ class TfmuxServer:
             )
         if self.config.poll_interval_seconds > 0:
             self.poller.start()
+        if self.sampler is not None:
+            self.sampler.start()
 
     def _tls(self) -> TlsFiles | None:
         """The TLS files, read once so a bad one stops the start with its name."""
@@ -245,6 +262,8 @@ class TfmuxServer:
         reserve = min(1.0, grace / 2)
         drain = grace - reserve
         await self.poller.stop()
+        if self.sampler is not None:
+            await self.sampler.stop()
         if self._http is not None and self._http_task is not None:
             self._http.config.timeout_graceful_shutdown = max(drain + reserve / 2, 0.001)
             self._http.should_exit = True

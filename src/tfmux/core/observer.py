@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 
 class Observer(Protocol):
@@ -60,3 +61,36 @@ class NullObserver:
         self, name: str, version: str, method: str, seconds: float, error: str | None
     ) -> None:
         pass
+
+
+class Observers:
+    """Reports every event to each of several observers, in order (metrics, then status).
+    Events an observer does not implement are skipped for it."""
+
+    def __init__(self, *observers: object) -> None:
+        self._observers = observers
+
+    def __getattr__(self, event: str) -> Callable[..., None]:
+        handlers: list[Callable[..., None]] = [
+            getattr(o, event) for o in self._observers if hasattr(o, event)
+        ]
+        if not handlers or event.startswith("_"):
+            raise AttributeError(event)
+
+        if len(handlers) == 1:
+            (report,) = handlers
+        elif len(handlers) == 2:  # the usual pair, without a loop on the request path
+            first, second = handlers
+
+            def report(*args: Any) -> None:
+                first(*args)
+                second(*args)
+
+        else:
+
+            def report(*args: Any) -> None:
+                for handler in handlers:
+                    handler(*args)
+
+        self.__dict__[event] = report  # resolved once per event name
+        return report

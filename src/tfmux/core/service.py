@@ -17,11 +17,13 @@ import numpy as np
 
 from tfmux.config import MODEL_NAME_RE, BatchingConfig, ModelConfig, TrafficConfig
 from tfmux.core.batching import Gone
+from tfmux.core.events import Event
 from tfmux.core.lifecycle import Lease, State
 from tfmux.core.manager import ModelManager
 from tfmux.core.observer import NullObserver, Observer
 from tfmux.core.runner import ModelRunner
 from tfmux.core.shadow import ShadowRunner
+from tfmux.core.status import HistoryReport, Overview, StatusBoard
 from tfmux.core.traffic import Routing
 from tfmux.core.validation import validate_inputs
 from tfmux.errors import ErrorKind, ServingError, invalid_argument, not_found
@@ -360,6 +362,28 @@ class ServingService:
             for served in self.manager.models()
             for mv in served.versions.values()
         )
+
+    # -- status: the read API of the dashboard, scripts and alerting ------------------------
+
+    status_board: StatusBoard | None = None  # set by the server when status is on
+
+    def overview(self) -> Overview:
+        """Every model and version: state, memory, traffic, routing; recent events."""
+        board = self._board()
+        return board.overview(self.management.enabled, self.management.admin_token is not None)
+
+    def history(self, models: Sequence[str] = (), busiest: int = 5) -> HistoryReport:
+        """The bounded time series: overall, the ``busiest`` models' and those of ``models``."""
+        return self._board().report(models, busiest)
+
+    def events(self, after: int = 0) -> list[Event]:
+        """Recent lifecycle events newer than the event numbered ``after``, oldest first."""
+        return self._board().events.after(after)
+
+    def _board(self) -> StatusBoard:
+        if self.status_board is None:
+            raise ServingError(ErrorKind.UNAVAILABLE, "status is not kept on this server")
+        return self.status_board
 
 
 def _yield_to_the_loop() -> None:

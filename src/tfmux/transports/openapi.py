@@ -45,6 +45,7 @@ from tfmux.transports.openapi_schemas import (
 from tfmux.transports.openapi_schemas import (
     json_response as _json,
 )
+from tfmux.transports import status_openapi
 from tfmux.transports.rest import Handler, Request, Response
 from tfmux.transports.tfs_codec import dumps
 
@@ -246,7 +247,13 @@ def ops_paths(doc: Doc) -> Json:
 
 
 # Every area of the REST surface; a new area adds its function here.
-AREAS: tuple[Callable[[Doc], Json], ...] = (tfs_paths, v2_paths, management_paths, ops_paths)
+AREAS: tuple[Callable[[Doc], Json], ...] = (
+    tfs_paths,
+    v2_paths,
+    management_paths,
+    ops_paths,
+    lambda _doc: status_openapi.paths(),
+)
 
 
 def document(
@@ -267,7 +274,7 @@ def document(
         },
         "paths": paths,
         "components": {
-            "schemas": schemas(),
+            "schemas": schemas() | status_openapi.schemas(),
             "securitySchemes": {
                 "adminToken": {
                     "type": "http",

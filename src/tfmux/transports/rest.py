@@ -48,6 +48,7 @@ class Request:
     headers: dict[bytes, bytes]
     body: bytes = b""
     gone: Gone | None = None
+    query: bytes = b""  # the raw query string (GET requests)
 
 
 @dataclass
@@ -126,7 +127,8 @@ class RestApp:
                 else:
                     response = await _unless_disconnected(handler(request), receive)
             else:
-                response = await handler(Request(method, path, headers))
+                query = scope.get("query_string", b"")
+                response = await handler(Request(method, path, headers, query=query))
         except ServingError as exc:
             response = error_response(exc)
         except Exception as exc:  # a bug must answer 500, not drop the connection
