@@ -189,6 +189,14 @@ class ServerConfig(BaseModel):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     models: list[ModelConfig] = Field(default_factory=list)
     aliases: list[AliasConfig] = Field(default_factory=list)
+    # TF Serving's command line (tfs_flags.py): either port may be off, gRPC may also listen
+    # on a Unix socket, metrics may have one more path, and a models.config may be re-read.
+    http_enabled: bool = True
+    grpc_tcp_enabled: bool = True
+    grpc_socket_path: Path | None = None
+    metrics_path: str | None = Field(default=None, pattern=r"^/")
+    model_config_file: Path | None = None  # TF Serving models.config re-read when polled
+    model_config_poll_seconds: float = Field(default=0.0, ge=0)
 
 
 @dataclass

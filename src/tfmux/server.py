@@ -14,6 +14,7 @@ from pathlib import Path
 import uvicorn
 
 from tfmux.config import ModelConfig, ServerConfig
+from tfmux.config_file_poller import ModelConfigFilePoller
 from tfmux.core.manager import ModelLoader, ModelManager
 from tfmux.core.poller import RepositoryPoller
 from tfmux.core.runtime import LoadedModel
@@ -103,6 +104,7 @@ class TfmuxServer:
             loader, config.max_concurrent_loads, self.metrics, config.memory_budget_bytes
         )
         self.poller = RepositoryPoller(self.manager, config.poll_interval_seconds)
+        self.config_poller = _config_file_poller(self.manager, config)
         self.metrics.watch(self.manager)
         timeout = config.request_timeout_ms / 1000 if config.request_timeout_ms else None
         management = Management(
@@ -116,7 +118,7 @@ class TfmuxServer:
             timeout,
             management,
         )
-        ops = OpsRest(self.service.ready, self.metrics.render, CONTENT_TYPE)
+        ops = OpsRest(self.service.ready, self.metrics.render, CONTENT_TYPE, config.metrics_path)
         # Every front end: REST routes (first match wins) and gRPC services.
         rest_routes: list[Route] = [
             TfServingRest(self.service).route,
@@ -147,6 +149,24 @@ class TfmuxServer:
         for model in self.config.models:
             self.manager.add_model(model)
         self.manager.traffic.set_aliases(self.config.aliases)
+        if self.config.http_enabled:
+            await self._start_http()
+        if self.grpc_registrars:
+            self._grpc, self.grpc_port = await start_grpc_server(
+                self.config.host,
+                self.config.grpc_port,
+                self.config.max_grpc_message_bytes,
+                self.grpc_registrars,
+                self.config.grpc_implementation,
+                tcp=self.config.grpc_tcp_enabled,
+                unix_path=self.config.grpc_socket_path,
+            )
+        if self.config.poll_interval_seconds > 0:
+            self.poller.start()
+        if self.config_poller is not None:
+            self.config_poller.start()
+
+    async def _start_http(self) -> None:
         sock = _bind(self.config.host, self.config.http_port)
         self.http_port = sock.getsockname()[1]
         self._http = _UvicornServer(
@@ -166,16 +186,6 @@ class TfmuxServer:
                 await self._http_task  # raises what stopped it
                 raise RuntimeError("the REST server stopped while starting")
             await asyncio.sleep(0.01)
-        if self.grpc_registrars:
-            self._grpc, self.grpc_port = await start_grpc_server(
-                self.config.host,
-                self.config.grpc_port,
-                self.config.max_grpc_message_bytes,
-                self.grpc_registrars,
-                self.config.grpc_implementation,
-            )
-        if self.config.poll_interval_seconds > 0:
-            self.poller.start()
 
     async def wait_for_loads(self) -> None:
         """Wait until the eager loads that started with the server have ended."""
@@ -184,6 +194,8 @@ class TfmuxServer:
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests, then unload every model."""
         await self.poller.stop()
+        if self.config_poller is not None:
+            await self.config_poller.stop()
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
         if self._grpc is not None:
@@ -209,6 +221,18 @@ class TfmuxServer:
             await self.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+
+def _config_file_poller(
+    manager: ModelManager, config: ServerConfig
+) -> ModelConfigFilePoller | None:
+    """The poller of TF Serving's ``--model_config_file_poll_wait_seconds``, if asked for."""
+    if config.model_config_file is None or config.model_config_poll_seconds <= 0:
+        return None
+    load = config.models[0].load if config.models else "eager"
+    return ModelConfigFilePoller(
+        manager, config.model_config_file, config.model_config_poll_seconds, load
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:

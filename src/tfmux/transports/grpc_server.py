@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import grpc
@@ -48,23 +49,38 @@ async def start_grpc_server(
     max_message_bytes: int,
     registrars: Sequence[Registrar],
     implementation: GrpcImplementation = "tfmux",
-) -> tuple[GrpcServer, int]:
-    """Start serving; returns the server and the port it bound (``port`` 0 picks one)."""
+    *,
+    tcp: bool = True,
+    unix_path: Path | None = None,
+) -> tuple[GrpcServer, int | None]:
+    """Start serving; returns the server and the port it bound (``port`` 0 picks one).
+    ``tcp`` False: no TCP port (None is returned); ``unix_path``: also on this Unix socket."""
     if implementation == "tfmux":
         server = H2GrpcServer(max_message_bytes)
         for register in registrars:
             register(server)
+        bound = None
         try:
-            bound = await server.start(host, port)
+            if tcp:
+                bound = await server.start(host, port)
+            if unix_path is not None:
+                await server.start_unix(unix_path)
         except OSError as exc:
-            raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc}") from None
+            await server.stop(None)
+            where = f"unix:{unix_path}" if bound is not None or not tcp else f"{host}:{port}"
+            raise OSError(f"cannot listen for gRPC on {where}: {exc}") from None
         return server, bound
-    return await _start_grpcio(host, port, max_message_bytes, registrars)
+    return await _start_grpcio(host, port, max_message_bytes, registrars, tcp, unix_path)
 
 
 async def _start_grpcio(
-    host: str, port: int, max_message_bytes: int, registrars: Sequence[Registrar]
-) -> tuple[GrpcServer, int]:
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    registrars: Sequence[Registrar],
+    tcp: bool = True,
+    unix_path: Path | None = None,
+) -> tuple[GrpcServer, int | None]:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -74,13 +90,18 @@ async def _start_grpcio(
     )
     for register in registrars:
         register(server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
-    if bound == 0:
-        raise OSError(f"cannot listen for gRPC on {address}")
+    addresses = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"] if tcp else []
+    if unix_path is not None:
+        addresses.append(f"unix:{unix_path}")
+    bound: int | None = None
+    for address in addresses:
+        try:
+            added = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
+        if added == 0:
+            raise OSError(f"cannot listen for gRPC on {address}")
+        bound = bound or (added if not address.startswith("unix:") else None)
     await server.start()
     return server, bound
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from tfmux.transports.h2.connection import H2Connection
@@ -21,6 +22,7 @@ class H2GrpcServer:
         self._registry = Registry()
         self._dispatcher = GrpcDispatcher(self._registry, max_message_bytes)
         self._servers: list[asyncio.AbstractServer] = []
+        self._unix_paths: list[Path] = []
         self._stopped = asyncio.Event()
 
     # -- what the generated add_XServicer_to_server functions call ---------------------
@@ -42,6 +44,17 @@ class H2GrpcServer:
             self._servers.append(server)
             bound = sock.getsockname()[1]
         return bound
+
+    async def start_unix(self, path: Path) -> None:
+        """Also listen on the Unix domain socket at ``path`` (a stale socket file there is
+        replaced; the file is removed when the server stops)."""
+        if path.is_socket():
+            path.unlink()
+        server = await asyncio.get_running_loop().create_unix_server(
+            self._connection, path=str(path)
+        )
+        self._servers.append(server)
+        self._unix_paths.append(path)
 
     def _connection(self) -> H2Connection:
         connection = H2Connection(self._dispatcher)
@@ -66,6 +79,8 @@ class H2GrpcServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        for path in self._unix_paths:
+            path.unlink(missing_ok=True)
         self._stopped.set()
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:
