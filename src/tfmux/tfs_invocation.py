@@ -7,7 +7,6 @@ same. The mapping of each flag is documented in docs/tf-serving-migration.md.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,17 +17,13 @@ from tfmux.config import (
     ConfigError,
     ModelConfig,
     ServerConfig,
-    load_tfs_config,
+    models_from_tfs_message,
     parse_size,
 )
+from tfmux.tfs_files import batching_settings, monitoring_settings, tls_settings
 from tfmux.tfs_flags import FlagError
-from tfmux.tfs_protos_text import ProtoFileError, parse_text_file
 
 INT32_MAX = 2**31 - 1  # TF Serving's gRPC message size limit (SetMaxMessageSize)
-PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's PrometheusExporter default
-# TF Serving's batching defaults for a field the parameters file leaves unset (TensorFlow's
-# SharedBatchScheduler QueueOptions).
-TFS_MAX_BATCH_SIZE, TFS_MAX_ENQUEUED_BATCHES = 1000, 10
 # The official image's entrypoint: these defaults when no model flag is given.
 IMAGE_DEFAULTS = {"port": 8500, "rest_api_port": 8501}
 _NO_EFFECT = {
@@ -71,9 +66,9 @@ def invocation(values: Mapping[str, Any], environ: Mapping[str, str]) -> Invocat
     models = _models(values, environ, load, notes)
     settings.update(_ports(values))
     settings.update(_polling(values, notes))
-    settings["batching"] = _batching(values, notes)
+    settings["batching"] = batching_settings(values, notes)
     settings.update(_threads(values, notes))
-    settings.update(_monitoring(values, notes))
+    settings.update(monitoring_settings(values, notes))
     settings.update(_channel_arguments(values.get("grpc_channel_arguments", "")))
     settings.update(_extras(values, environ))
     settings.update(_gpu(values, notes))
@@ -109,10 +104,7 @@ def _models(
         for name in ("model_name", "model_base_path"):
             if name in values:
                 notes.append(f"--{name} is ignored: --model_config_file names the models")
-        try:
-            return load_tfs_config(Path(config_file), load)
-        except ConfigError as exc:
-            raise FlagError(str(exc)) from None
+        return _config_file_models(Path(config_file), load)
     if not values.get("model_base_path"):
         if "model_name" in values:
             raise FlagError("--model_base_path is required with --model_name")
@@ -133,6 +125,27 @@ def _models(
         return [ModelConfig(**fields)]
     except ValueError as exc:
         raise FlagError(f"--model_name / --model_base_path: {exc}") from None
+
+
+def _config_file_models(path: Path, load: str) -> list[ModelConfig]:
+    """The models of a ModelServerConfig file; a file that does not parse stops the server
+    with TF Serving's words (``Error parsing text-format ...``)."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    message = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(path.read_text(), message)
+    except OSError as exc:
+        raise FlagError(f"cannot read --model_config_file {path}: {exc.strerror}") from None
+    except text_format.ParseError as exc:
+        raise FlagError(
+            f"Error parsing text-format tensorflow.serving.ModelServerConfig in {path}: {exc}"
+        ) from None
+    try:
+        return models_from_tfs_message(message, path.parent, load)
+    except ConfigError as exc:
+        raise FlagError(f"{path}: {exc}") from None
 
 
 def _ports(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,54 +185,6 @@ def _polling(values: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     return settings
 
 
-def _batching(values: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
-    """TF Serving's BatchingParameters as tfmux's BatchingConfig (see the migration page)."""
-    enabled = bool(values.get("enable_batching", False))
-    path = values.get("batching_parameters_file")
-    if path and not enabled:
-        raise FlagError("--batching_parameters_file is set without --enable_batching")
-    if not enabled:
-        return {"enabled": False}
-    params = _read("BatchingParameters", path) if path else None
-
-    def get(name: str, default: int) -> int:
-        has = params is not None and params.HasField(name)
-        return int(getattr(params, name).value) if has else default
-
-    max_batch_size = get("max_batch_size", TFS_MAX_BATCH_SIZE)
-    sizes = tuple(int(s) for s in params.allowed_batch_sizes) if params is not None else ()
-    if sizes and (list(sizes) != sorted(set(sizes)) or sizes[-1] != max_batch_size):
-        raise FlagError(
-            f"{path}: allowed_batch_sizes must increase and end with max_batch_size; last "
-            f"entry was {sizes[-1]}; expected {max_batch_size}"
-        )
-    if params is not None:
-        _refuse_batching(params, path)
-        if params.HasField("thread_pool_name"):
-            notes.append(f"{path}: thread_pool_name has no effect (each model has its batches)")
-    return {
-        "enabled": True,
-        "max_batch_size": max_batch_size,
-        "batch_timeout_micros": get("batch_timeout_micros", 0),
-        "allowed_batch_sizes": sizes,
-        "max_queue_size": get("max_enqueued_batches", TFS_MAX_ENQUEUED_BATCHES) * max_batch_size,
-        "max_inflight_batches": get("num_batch_threads", os.cpu_count() or 1),
-    }
-
-
-def _refuse_batching(params: Any, path: str) -> None:
-    if params.pad_variable_length_inputs:
-        raise FlagError(
-            f"{path}: pad_variable_length_inputs is not supported by tfmux: requests whose "
-            "shapes differ beyond the batch dimension run in separate batches"
-        )
-    if params.enable_large_batch_splitting.value or params.HasField("max_execution_batch_size"):
-        raise FlagError(
-            f"{path}: enable_large_batch_splitting / max_execution_batch_size are not "
-            "supported by tfmux: a request larger than max_batch_size runs as its own batch"
-        )
-
-
 def _threads(values: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     both = values.get("tensorflow_session_parallelism", 0)
     intra = values.get("tensorflow_intra_op_parallelism", 0) or both
@@ -250,17 +215,6 @@ def _warmup(values: Mapping[str, Any]) -> None:
             "--enable_model_warmup=false is not supported by tfmux: a version's "
             "assets.extra/tf_serving_warmup_requests is always replayed before it serves"
         )
-
-
-def _monitoring(values: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
-    path = values.get("monitoring_config_file")
-    if not path:
-        return {}
-    prometheus = _read("MonitoringConfig", path).prometheus_config
-    if not prometheus.enable:
-        notes.append(f"{path}: Prometheus is not enabled, but tfmux serves /metrics anyway")
-        return {}
-    return {"metrics_path": prometheus.path or PROMETHEUS_PATH}
 
 
 def _channel_arguments(text: str) -> dict[str, Any]:
@@ -342,32 +296,3 @@ def _has_gpu() -> bool:
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
-
-
-def tls_settings(path: Path, directory: Path) -> dict[str, Any]:
-    """TF Serving's SSLConfig as tfmux's TLS files: its PEM texts written into ``directory``
-    (private to this user); ``custom_ca`` verifies client certificates when ``client_verify``."""
-    ssl = _read("SSLConfig", str(path))
-    if not ssl.server_key or not ssl.server_cert:
-        raise FlagError(f"{path}: server_key and server_cert are both required")
-    if ssl.client_verify and not ssl.custom_ca:
-        raise FlagError(f"{path}: client_verify needs custom_ca (the CA of client certificates)")
-    directory.chmod(0o700)
-    files = {"tls_key_file": ssl.server_key, "tls_cert_file": ssl.server_cert}
-    if ssl.client_verify:
-        files["tls_client_ca_file"] = ssl.custom_ca
-    settings: dict[str, Any] = {}
-    for key, text in files.items():
-        target = directory / f"{key.removeprefix('tls_').removesuffix('_file')}.pem"
-        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            out.write(text)
-        settings[key] = target
-    return settings
-
-
-def _read(message: str, path: str) -> Any:
-    try:
-        return parse_text_file(message, Path(path))
-    except ProtoFileError as exc:
-        raise FlagError(str(exc)) from None
