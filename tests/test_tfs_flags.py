@@ -374,3 +374,42 @@ def test_gpu_memory_fraction_on_a_machine_without_gpu_is_reported() -> None:
         pytest.skip("this machine has a GPU; the test is about a CPU-only machine")
     notes = build([*ONE_MODEL, "--per_process_gpu_memory_fraction=0.5"], {}).notes
     assert "--per_process_gpu_memory_fraction=0.5 has no effect: this machine has no GPU" in notes
+
+
+# -- docs/tf-serving-migration.md ----------------------------------------------------------
+
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "tf-serving-migration.md"
+
+
+def test_every_documented_command_line_parses() -> None:
+    import re
+    import shlex
+
+    lines = [
+        line
+        for block in re.findall(r"```sh\n(.*?)```", PAGE.read_text(), re.S)
+        for line in block.splitlines()
+        if "tensorflow_model_server" in line
+    ]
+    assert len(lines) >= 7
+    for line in lines:
+        words = shlex.split(line)
+        args = words[words.index("tensorflow_model_server") + 1 :]
+        if args and args != ["--help"]:
+            assert parse_flags(args), line
+
+
+def test_documented_config_files_parse() -> None:
+    import re
+
+    from tfmux.tfs_protos_text import parse_text
+
+    batching, monitoring = re.findall(r"```text\n(.*?)```", PAGE.read_text(), re.S)
+    assert parse_text("BatchingParameters", batching).max_batch_size.value == 128
+    assert parse_text("MonitoringConfig", monitoring).prometheus_config.enable
+
+
+def test_every_flag_is_in_the_migration_page() -> None:
+    text = PAGE.read_text()
+    missing = [name for name in FLAGS if f"--{name}`" not in text]
+    assert not missing

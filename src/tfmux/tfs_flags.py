@@ -142,7 +142,7 @@ FLAGS: dict[str, Flag] = {
             "enable_serialization_as_tensor_content",
             bool,
             (False,),
-            "tfmux writes numeric tensors as tensor_content already; strings as string_val",
+            "tfmux writes outputs in the typed fields (float_val, ...), TF Serving's default",
         ),
         # -- tfmux's own flags --------------------------------------------------------------
         _x("tfmux_host", str, "address REST and gRPC listen on (default 0.0.0.0)"),
