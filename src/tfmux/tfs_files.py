@@ -21,7 +21,7 @@ TFS_MAX_BATCH_SIZE, TFS_MAX_ENQUEUED_BATCHES = 1000, 10
 def batching_settings(values: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     """TF Serving's BatchingParameters as tfmux's BatchingConfig (see the migration page)."""
     enabled = bool(values.get("enable_batching", False))
-    path = values.get("batching_parameters_file")
+    path: str = values.get("batching_parameters_file") or ""
     if path and not enabled:
         raise FlagError("--batching_parameters_file is set without --enable_batching")
     if not enabled:

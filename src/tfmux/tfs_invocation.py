@@ -116,7 +116,7 @@ def _models(
             f"no model flags: serving {name} from {base} ($MODEL_NAME, $MODEL_BASE_PATH), "
             "on ports 8500 and 8501 unless given, as TF Serving's image does"
         )
-    fields = {
+    fields: dict[str, Any] = {
         "name": values.get("model_name") or "default",
         "base_path": Path(values["model_base_path"]).resolve(),
         "load": load,
