@@ -105,3 +105,54 @@ def test_a_polled_models_config_is_served_exactly(
         assert sum(loader.loads.values()) == loads  # b, unchanged, was not reloaded
         r = httpx.get(background.url + "/v1/models/b")
         assert r.json()["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def test_ssl_config_file_serves_grpc_over_mutual_tls(tmp_path: Path) -> None:
+    """TF Serving's SSLConfig (PEM texts inline) through tfmux's TLS settings, end to end."""
+    trustme = pytest.importorskip("trustme", reason="trustme makes the test CA (test extra)")
+    if "tls_cert_file" not in ServerConfig.model_fields:
+        pytest.skip("tfmux's TLS settings (tls_cert_file, ...) are not in this build yet")
+    from google.protobuf import text_format
+
+    from tfmux.tfs_main import build
+    from tfmux.tfs_protos_text import parse_text
+
+    server_ca, client_ca = trustme.CA(), trustme.CA()
+    leaf, client = server_ca.issue_cert("127.0.0.1"), client_ca.issue_cert("client@tfmux.test")
+    ssl = parse_text("SSLConfig", "")
+    ssl.server_key = leaf.private_key_pem.bytes().decode()
+    ssl.server_cert = b"".join(pem.bytes() for pem in leaf.cert_chain_pems).decode()
+    ssl.custom_ca = client_ca.cert_pem.bytes().decode()
+    ssl.client_verify = True
+    (tmp_path / "ssl.config").write_text(text_format.MessageToString(ssl))
+    make_repository(tmp_path, {"m": [1]})
+    invocation = build(
+        [
+            "--model_name=m",
+            f"--model_base_path={tmp_path / 'm'}",
+            f"--ssl_config_file={tmp_path / 'ssl.config'}",
+            "--tfmux_host=127.0.0.1",
+        ],
+        {},
+    )
+    private = Path(invocation.config.tls_key_file).parent  # type: ignore[arg-type]
+    try:
+        with BackgroundServer(invocation.config, loader=FakeLoader()) as background:
+            target = f"127.0.0.1:{background.server.grpc_port}"
+            root = server_ca.cert_pem.bytes()
+            good = grpc.ssl_channel_credentials(
+                root, client.private_key_pem.bytes(), client.cert_chain_pems[0].bytes()
+            )
+            anonymous = grpc.ssl_channel_credentials(root)
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = "m"
+            with grpc.secure_channel(target, anonymous) as channel:
+                stub = model_service_pb2_grpc.ModelServiceStub(channel)
+                with pytest.raises(grpc.RpcError):  # client_verify: a certificate is required
+                    stub.GetModelStatus(request, timeout=10)
+            with grpc.secure_channel(target, good) as channel:
+                stub = model_service_pb2_grpc.ModelServiceStub(channel)
+                assert stub.GetModelStatus(request, timeout=10).model_version_status
+    finally:
+        invocation.close()
+    assert not private.exists()  # the PEM files are gone with the server
