@@ -105,6 +105,12 @@ def test_a_polled_models_config_is_served_exactly(
         assert sum(loader.loads.values()) == loads  # b, unchanged, was not reloaded
         r = httpx.get(background.url + "/v1/models/b")
         assert r.json()["model_version_status"][0]["state"] == "AVAILABLE"
+        labelled = models_config(tmp_path, "b").replace(
+            'base_path: "', 'version_labels { key: "stable" value: 1 } base_path: "'
+        )
+        path.write_text(labelled)  # a label added: routing changes, nothing reloads
+        wait_until(lambda: manager.traffic.label_version("b", "stable") == 1, "the label")
+        assert sum(loader.loads.values()) == loads
 
 
 def test_ssl_config_file_serves_grpc_over_mutual_tls(tmp_path: Path) -> None:
