@@ -67,26 +67,39 @@ def models_config(root: Path, *names: str) -> str:
 
 
 class ModelServer:
-    """One ``tensorflow_model_server`` process; output goes to files read on failure."""
+    """One ``tensorflow_model_server`` process; output goes to files read on failure.
+
+    TF Serving's port 0 means "off", so ports are picked free beforehand; if another process
+    takes one in between, the server is started again on new ports.
+    """
 
     def __init__(self, tmp: Path, name: str, args: list[str], env: dict[str, str]) -> None:
-        self.grpc_port, self.http_port = free_port(), free_port()
         self.out, self.err = tmp / f"{name}.out", tmp / f"{name}.err"
+        self._args, self._env = args, env
+        self._start()
+
+    def _start(self) -> None:
+        self.grpc_port, self.http_port = free_port(), free_port()
         command = [COMMAND, f"--port={self.grpc_port}", f"--rest_api_port={self.http_port}"]
         with self.out.open("w") as out, self.err.open("w") as err:
             self.process = subprocess.Popen(
-                [*command, "--tfmux_host=127.0.0.1", *args],
+                [*command, "--tfmux_host=127.0.0.1", *self._args],
                 stdout=out,
                 stderr=err,
-                env={**os.environ, **env},
+                env={**os.environ, **self._env},
             )
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.target = f"127.0.0.1:{self.grpc_port}"
 
-    def wait_ready(self, timeout: float = 180) -> None:
+    def wait_ready(self, timeout: float = 180, attempts: int = 3) -> None:
         end = time.monotonic() + timeout
         while "(gRPC)" not in self.out.read_text():
-            if self.process.poll() is not None or time.monotonic() > end:
+            if self.process.poll() is not None:
+                if "cannot listen" in self.err.read_text() and attempts > 1:
+                    self._start()  # a port was taken after it was picked
+                    return self.wait_ready(timeout, attempts - 1)
+                pytest.fail(f"server exited:\n{self.out.read_text()}{self.err.read_text()}")
+            if time.monotonic() > end:
                 pytest.fail(f"server did not start:\n{self.out.read_text()}{self.err.read_text()}")
             time.sleep(0.2)
 
