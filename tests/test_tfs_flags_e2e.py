@@ -31,6 +31,7 @@ from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -325,6 +326,14 @@ def test_tf2_predict_method_signatures_classify_and_regress(servers) -> None:
     assert post(configured, "/v1/models/half_plus_two_tf2:regress", body).json() == {
         "results": [3.0]
     }
+    multi = inference_pb2.MultiInferenceRequest()
+    for signature, method in (("regress_x_to_y", "regress"), ("classify_x_to_y", "classify")):
+        task = multi.tasks.add(method_name=f"tensorflow/serving/{method}")
+        task.model_spec.name, task.model_spec.signature_name = "half_plus_two_tf2", signature
+    example_input(multi, 2.0)
+    regressed, classified = predict.MultiInference(multi, timeout=30).results
+    assert regressed.regression_result.regressions[0].value == 3.0
+    assert classified.classification_result.classifications[0].classes[0].score == 3.0
 
 
 def test_batching_parameters_file_batches_requests(servers) -> None:
