@@ -86,12 +86,16 @@ def invocation(values: Mapping[str, Any], environ: Mapping[str, str]) -> Invocat
         if "tls_cert_file" not in ServerConfig.model_fields:
             raise FlagError("--ssl_config_file: this tfmux build has no TLS support yet")
         private_dir = tempfile.TemporaryDirectory(prefix="tfmux-tls-")
-        settings.update(tls_settings(Path(values["ssl_config_file"]), Path(private_dir.name)))
     try:
+        if private_dir is not None:
+            ssl_file = Path(values["ssl_config_file"])
+            settings.update(tls_settings(ssl_file, Path(private_dir.name)))
         config = ServerConfig(**settings, models=models)
     except Exception as exc:
         if private_dir is not None:
             private_dir.cleanup()
+        if isinstance(exc, FlagError):
+            raise
         raise FlagError(f"invalid settings: {exc}") from None
     return Invocation(config, notes, private_dir)
 
