@@ -133,6 +133,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Mode
                 f"--grpc_socket_path={tmp / 'grpc.sock'}",
                 f"--monitoring_config_file={tmp / 'monitoring.config'}",
                 "--rest_api_num_threads=4",
+                "--enable_grpc_healthcheck_service",
             ],
             {},
         ),
@@ -275,6 +276,18 @@ def test_grpc_on_the_unix_socket(servers) -> None:
     predict, _ = stubs(f"unix:{servers['tmp'] / 'grpc.sock'}")
     response = predict.Predict(predict_request("half_plus_two", [2.0]), timeout=30)
     assert list(response.outputs["y"].float_val) == [3.0]
+
+
+def test_grpc_health_check_service(servers) -> None:
+    from tfmux.transports.grpc_health import HealthCheckRequest, HealthCheckResponse
+
+    check = grpc.insecure_channel(servers["single"].target).unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=HealthCheckRequest.SerializeToString,
+        response_deserializer=HealthCheckResponse.FromString,
+    )
+    for service in ("", "ModelService", "PredictionService"):  # what TF Serving registers
+        assert check(HealthCheckRequest(service=service), timeout=30).status == 1  # SERVING
 
 
 def test_monitoring_config_path_serves_prometheus_metrics(servers) -> None:

@@ -162,3 +162,56 @@ def test_ssl_config_file_serves_grpc_over_mutual_tls(tmp_path: Path) -> None:
     finally:
         invocation.close()
     assert not private.exists()  # the PEM files are gone with the server
+
+
+@pytest.mark.parametrize("implementation", ["tfmux", "grpcio"])
+def test_grpc_health_check(tmp_path: Path, implementation: str) -> None:
+    """gRPC's standard health service, with a client built from the same wire format."""
+    from tfmux.transports.grpc_health import HealthCheckRequest, HealthCheckResponse
+
+    make_repository(tmp_path, {"m": [1]})
+    config = ServerConfig(
+        models=[model_config("m", tmp_path / "m")],
+        grpc_health_service=True,
+        grpc_implementation=implementation,
+    )
+    with BackgroundServer(config, loader=FakeLoader()) as background:
+        target = f"127.0.0.1:{background.server.grpc_port}"
+        with grpc.insecure_channel(target) as channel:
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=HealthCheckRequest.SerializeToString,
+                response_deserializer=HealthCheckResponse.FromString,
+            )
+            for service in ("", "ModelService", "tensorflow.serving.PredictionService"):
+                answer = check(HealthCheckRequest(service=service), timeout=10)
+                assert answer.status == HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as info:
+                check(HealthCheckRequest(service="nope"), timeout=10)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            watch = channel.unary_stream(
+                "/grpc.health.v1.Health/Watch",
+                request_serializer=HealthCheckRequest.SerializeToString,
+                response_deserializer=HealthCheckResponse.FromString,
+            )
+            with pytest.raises(grpc.RpcError) as info:
+                next(iter(watch(HealthCheckRequest(), timeout=10)))
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert check(HealthCheckRequest(), timeout=10).status == HealthCheckResponse.SERVING
+
+
+def test_no_health_service_unless_asked(tmp_path: Path) -> None:
+    from tfmux.transports.grpc_health import HealthCheckRequest, HealthCheckResponse
+
+    make_repository(tmp_path, {"m": [1]})
+    config = ServerConfig(models=[model_config("m", tmp_path / "m")])
+    with BackgroundServer(config, loader=FakeLoader()) as background:
+        target = f"127.0.0.1:{background.server.grpc_port}"
+        check = grpc.insecure_channel(target).unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=HealthCheckRequest.SerializeToString,
+            response_deserializer=HealthCheckResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            check(HealthCheckRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

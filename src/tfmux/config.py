@@ -197,6 +197,7 @@ class ServerConfig(BaseModel):
     metrics_path: str | None = Field(default=None, pattern=r"^/")
     model_config_file: Path | None = None  # TF Serving models.config re-read when polled
     model_config_poll_seconds: float = Field(default=0.0, ge=0)
+    grpc_health_service: bool = False  # gRPC's grpc.health.v1.Health/Check on the gRPC port
 
 
 @dataclass

@@ -21,6 +21,7 @@ from tfmux.core.runtime import LoadedModel
 from tfmux.core.service import Management, ServingService
 from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.transports import openapi
+from tfmux.transports.grpc_health import GrpcHealth
 from tfmux.transports.grpc_server import GrpcServer, Registrar, start_grpc_server
 from tfmux.transports.ops_rest import OpsRest
 from tfmux.transports.rest import RestApp, Route
@@ -131,6 +132,8 @@ class TfmuxServer:
             TfServingGrpc(self.service).register,
             KServeGrpc(self.service).register,
         ]
+        if config.grpc_health_service:
+            self.grpc_registrars.append(GrpcHealth(self.service.ready).register)
         self.rest_app = RestApp(rest_routes, config.max_body_bytes)
         self.http_port: int | None = None
         self.grpc_port: int | None = None

@@ -78,6 +78,7 @@ FLAGS: dict[str, Flag] = {
         _f("remove_unused_fields_from_bundle_metagraph", bool, "accepted, no effect"),
         _f("enable_profiler", bool, "accepted, no effect (tfmux has no profiler service)"),
         _f("skip_initialize_tpu", bool, "accepted, no effect (no TPU support)"),
+        _f("enable_grpc_healthcheck_service", bool, "gRPC's grpc.health.v1.Health/Check"),
         _f("version", bool, "print the version and exit"),
         # -- TF Serving's flags tfmux refuses (except for the values listed) ---------------
         _refused(
@@ -131,12 +132,6 @@ FLAGS: dict[str, Flag] = {
         ),
         _refused(
             "mixed_precision", str, ("",), "tfmux does not rewrite graphs for mixed precision"
-        ),
-        _refused(
-            "enable_grpc_healthcheck_service",
-            bool,
-            (False,),
-            "use REST GET /v2/health/ready or KServe V2 gRPC ServerReady on the same port",
         ),
         _refused(
             "enable_serialization_as_tensor_content",

@@ -72,6 +72,7 @@ def invocation(values: Mapping[str, Any], environ: Mapping[str, str]) -> Invocat
     settings.update(_channel_arguments(values.get("grpc_channel_arguments", "")))
     settings.update(_extras(values, environ))
     settings.update(_gpu(values, notes))
+    settings["grpc_health_service"] = bool(values.get("enable_grpc_healthcheck_service"))
     _warmup(values)
     for name, why in _NO_EFFECT.items():
         if name in values:
