@@ -265,7 +265,7 @@ def test_a_name_in_no_repository_is_not_found(open_server) -> None:
 # -- memory ------------------------------------------------------------------------------------
 
 
-def test_memory_appears_in_the_index_and_the_status(open_server) -> None:
+def test_memory_appears_in_the_index_not_the_tf_serving_status(open_server) -> None:
     with rest(open_server) as http:
         assert http.post(control("heavy", "load")).status_code == 200  # the only load running
         entry = index(http)["heavy"]
@@ -273,10 +273,8 @@ def test_memory_appears_in_the_index_and_the_status(open_server) -> None:
         # other tests freed, so only the real-server test (test_memory.py) checks the size
         assert entry["memory_bytes"] > 0 and isinstance(entry["memory_measured"], bool)
         (status,) = http.get("/v1/models/heavy").json()["model_version_status"]
-        assert status["memory_bytes"] == entry["memory_bytes"]
+        assert set(status) == {"version", "state", "status"}  # TF Serving's fields only
         assert http.post(control("heavy", "unload")).status_code == 200
         assert "memory_bytes" not in index(http)["heavy"]
-        (status,) = http.get("/v1/models/heavy").json()["model_version_status"]
-        assert "memory_bytes" not in status
         assert http.post(control("heavy", "load")).status_code == 200
         assert index(http)["heavy"]["memory_bytes"] > 0

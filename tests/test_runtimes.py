@@ -311,7 +311,7 @@ def test_failing_model_raises_then_recovers(load: Any, kind: str) -> None:
     message = r"InvalidArgumentError: assertion failed: \[x must be non-negative"
     with pytest.raises(ServingError, match=message) as e:
         model.run("serving_default", {"x": np.array([[4.0], [-1.0]], dtype=np.float32)})
-    assert e.value.kind is ErrorKind.INTERNAL
+    assert e.value.kind is ErrorKind.INVALID_ARGUMENT  # the graph's own status, as TF Serving
     assert "Graph execution error" not in e.value.message
     got = model.run("serving_default", {"x": np.array([[4.0], [0.0]], dtype=np.float32)})
     np.testing.assert_array_equal(got["y"], np.array([[2.0], [0.0]], dtype=np.float32))

@@ -293,7 +293,7 @@ def test_multi_inference(client) -> None:
             grpc.StatusCode.UNIMPLEMENTED,
             "method_name",
         ),
-        ((("cr", "regress", CLASSIFY),), grpc.StatusCode.INVALID_ARGUMENT, CLASSIFY),
+        ((("cr", "regress", CLASSIFY),), grpc.StatusCode.INVALID_ARGUMENT, '"classes" or "scores"'),
         ((("nope", "classify", CLASSIFY),), grpc.StatusCode.NOT_FOUND, "nope"),
     ],
 )
@@ -310,7 +310,7 @@ def test_classify_and_regress_errors(client) -> None:
     assert_code(
         lambda: client.predict.Classify(on_predict, timeout=60),
         grpc.StatusCode.INVALID_ARGUMENT,
-        CLASSIFY,
+        "No classification inputs found",
     )
     empty = regression_pb2.RegressionRequest()
     empty.model_spec.name, empty.model_spec.signature_name = "cr", "regress"
@@ -466,7 +466,13 @@ BAD_PREDICTS = [
     ),
     ("binary", {"x": np.array([["a", "b", "c"]])}, {}, "INVALID_ARGUMENT", "'x'"),
     ("binary", {"x": np.full((1, 3), 0.1)}, {}, "INVALID_ARGUMENT", "float64"),
-    ("binary", {"x": np.ones((1, 2), np.float32)}, {}, "INVALID_ARGUMENT", "[-1,3]"),
+    (  # shapes are left to the graph (as TF Serving): its own error
+        "binary",
+        {"x": np.ones((1, 2), np.float32)},
+        {},
+        "INVALID_ARGUMENT",
+        "Matrix size-incompatible",
+    ),
     (
         "binary",
         {"x": content_proto(tf.float32, [2, 3], b"\0" * 20)},
@@ -496,7 +502,13 @@ BAD_PREDICTS = [
         "INVALID_ARGUMENT",
         "duplicate",
     ),
-    ("failing", {"x": np.array([[-1.0]], np.float32)}, {}, "INTERNAL", "InvalidArgumentError"),
+    (
+        "failing",  # the graph's assertion fails: TensorFlow's InvalidArgumentError
+        {"x": np.array([[-1.0]], np.float32)},
+        {},
+        "INVALID_ARGUMENT",
+        "InvalidArgumentError",
+    ),
     ("corrupt", {"x": np.ones((1, 3), np.float32)}, {}, "UNAVAILABLE", "failed to load"),
     ("", {"x": np.ones((1, 3), np.float32)}, {}, "INVALID_ARGUMENT", "no name"),
 ]

@@ -423,10 +423,10 @@ MALFORMED: list[tuple[str, Callable[[], Any], grpc.StatusCode, str]] = [
         "'z'",
     ),
     (
-        "shape against the signature",
+        "shape the graph cannot take",  # shapes are left to the graph, as in TF Serving
         lambda: typed_multi_request(a=tensor("a", "FP32", [6], fp32_contents=[0.0] * 6)),
         INVALID,
-        "shape",
+        "Invalid reduction dimension",
     ),
     (
         "lossy FP64 to FP32",
@@ -494,11 +494,11 @@ MALFORMED: list[tuple[str, Callable[[], Any], grpc.StatusCode, str]] = [
         "corrupt",
     ),
     (
-        "model that raises",
+        "model whose graph rejects the input",
         lambda: pb.ModelInferRequest(
             model_name="failing", inputs=[tensor("x", "FP32", [1, 1], fp32_contents=[-1.0])]
         ),
-        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.INVALID_ARGUMENT,
         "non-negative",
     ),
 ]

@@ -284,12 +284,12 @@ def test_unknown_output_and_signature_are_clear_400s(client) -> None:
         assert_good(client)
 
 
-def test_model_that_raises_is_500_and_the_next_request_works(client) -> None:
+def test_model_whose_graph_rejects_the_input_is_400_and_the_next_request_works(client) -> None:
     x = triton.InferInput("x", [1, 1], "FP32")
     x.set_data_from_numpy(np.array([[-1.0]], np.float32))
     with pytest.raises(InferenceServerException) as info:
-        client.infer("failing", [x])
-    assert info.value.status() == "500"
+        client.infer("failing", [x])  # the graph's assertion fails: InvalidArgumentError
+    assert info.value.status() == "400"
     x.set_data_from_numpy(np.array([[4.0]], np.float32))
     np.testing.assert_array_equal(client.infer("failing", [x]).as_numpy("y"), [[2.0]])
     assert_good(client)

@@ -4,11 +4,13 @@ models of a running server and show or change its traffic."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +327,11 @@ def serve(
         config = build_config(sources, overrides, batching_overrides)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    run_server(config)
+
+
+def run_server(config: Any, notes: Sequence[str] = ()) -> None:
+    """Serve ``config`` until SIGINT or SIGTERM; ``notes`` are printed once it is ready."""
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -337,7 +344,7 @@ def serve(
 
     server = TfmuxServer(config)
     try:
-        _run(server.run_until_signal(_announce))
+        _run(server.run_until_signal(functools.partial(_announce, notes=notes)))
     except OSError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -400,18 +407,23 @@ def _run(coro: Any) -> None:
         asyncio.run(coro)
 
 
-def _announce(server: Any) -> None:
+def _announce(server: Any, notes: Sequence[str] = ()) -> None:
     config = server.config
     lines = [server.runtime_report] if server.runtime_report else []
+    lines += [f"note: {note}" for note in notes]
     scheme = "https" if config.tls_cert_file else "http"
-    lines.append(f"tfmux listening on {scheme}://{config.host}:{server.http_port} (REST)")
+    if server.http_port is not None:
+        lines.append(f"tfmux listening on {scheme}://{config.host}:{server.http_port} (REST)")
+    tls = " over TLS" if config.tls_cert_file else ""
     if server.grpc_port is not None:
-        tls = " over TLS" if config.tls_cert_file else ""
         lines.append(f"tfmux listening on {config.host}:{server.grpc_port} (gRPC{tls})")
-    lines.append(
-        f"dashboard: {scheme}://{config.host}:{server.http_port}/dashboard is "
-        f"{server.dashboard.reason}"
-    )
+    if config.grpc_socket_path is not None:
+        lines.append(f"tfmux listening on unix:{config.grpc_socket_path} (gRPC{tls})")
+    if server.http_port is not None:
+        lines.append(
+            f"dashboard: {scheme}://{config.host}:{server.http_port}/dashboard is "
+            f"{server.dashboard.reason}"
+        )
     for served in server.manager.models():
         statuses = server.manager.statuses(served.config.name) if served.versions else []
         described = ", ".join(f"v{s.version} {s.state}" for s in statuses) or str(served.problem)
@@ -423,6 +435,23 @@ def _announce(server: Any) -> None:
         )
     click.echo("\n".join(lines), err=False)
     sys.stdout.flush()
+
+
+@main.command(
+    "tf-serving",
+    context_settings={**CONTEXT, "ignore_unknown_options": True, "help_option_names": []},
+)
+@click.argument("flags", nargs=-1, type=click.UNPROCESSED)
+def tf_serving(flags: tuple[str, ...]) -> None:
+    """Serve with TF Serving's command line: the same as `tensorflow_model_server FLAGS`.
+
+    \b
+    tfmux tf-serving --port=8500 --rest_api_port=8501 --model_name=m --model_base_path=/m
+    tfmux tf-serving --help     # every flag, and how tfmux maps it
+    """
+    from tfmux.tfs_main import main as tfs_main
+
+    tfs_main(list(flags))
 
 
 @main.command("demo-models", context_settings=CONTEXT)

@@ -218,6 +218,15 @@ class ServerConfig(BaseModel):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     models: list[ModelConfig] = Field(default_factory=list)
     aliases: list[AliasConfig] = Field(default_factory=list)
+    # TF Serving's command line (tfs_flags.py): either port may be off, gRPC may also listen
+    # on a Unix socket, metrics may have one more path, and a models.config may be re-read.
+    http_enabled: bool = True
+    grpc_tcp_enabled: bool = True
+    grpc_socket_path: Path | None = None
+    metrics_path: str | None = Field(default=None, pattern=r"^/")
+    model_config_file: Path | None = None  # TF Serving models.config re-read when polled
+    model_config_poll_seconds: float = Field(default=0.0, ge=0)
+    grpc_health_service: bool = False  # gRPC's grpc.health.v1.Health/Check on the gRPC port
 
     @model_validator(mode="after")
     def _tls_files(self) -> ServerConfig:

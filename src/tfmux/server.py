@@ -15,6 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from tfmux.config import ModelConfig, ServerConfig
+from tfmux.config_file_poller import ModelConfigFilePoller
 from tfmux.core.manager import ModelLoader, ModelManager
 from tfmux.core.observer import Observers
 from tfmux.core.poller import RepositoryPoller
@@ -27,6 +28,7 @@ from tfmux.dashboard import dashboard_access
 from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.tls import TlsFiles
 from tfmux.transports import openapi
+from tfmux.transports.grpc_health import GrpcHealth
 from tfmux.transports.grpc_server import GrpcServer, Registrar, start_grpc_server
 from tfmux.transports.h2.stats import H2Collector, H2Stats
 from tfmux.transports.ops_rest import OpsRest
@@ -129,6 +131,7 @@ class TfmuxServer:
         )
         self.sampler = StatusSampler(self.status_board) if self.status_board else None
         self.poller = RepositoryPoller(self.manager, config.poll_interval_seconds)
+        self.config_poller = _config_file_poller(self.manager, config)
         self.metrics.watch(self.manager)
         self.h2_stats = H2Stats()  # what the gRPC port's HTTP/2 limits did, in /metrics
         self.metrics.registry.register(H2Collector(self.h2_stats))
@@ -154,7 +157,7 @@ class TfmuxServer:
             config.max_run_time_ms / 1000,
         )
         self.service.status_board = self.status_board
-        ops = OpsRest(self.service.ready, self.metrics.render, CONTENT_TYPE)
+        ops = OpsRest(self.service.ready, self.metrics.render, CONTENT_TYPE, config.metrics_path)
         # Every front end: REST routes (first match wins) and gRPC services.
         rest_routes: list[Route] = [
             TfServingRest(self.service).route,
@@ -168,6 +171,8 @@ class TfmuxServer:
             TfServingGrpc(self.service).register,
             KServeGrpc(self.service).register,
         ]
+        if config.grpc_health_service:
+            self.grpc_registrars.append(GrpcHealth(self.service.ready).register)
         self.rest_app = RestApp(rest_routes, config.max_body_bytes)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
@@ -189,15 +194,8 @@ class TfmuxServer:
         for model in self.config.models:
             self.manager.add_model(model)
         self.manager.traffic.set_aliases(self.config.aliases)
-        sock = _bind(self.config.host, self.config.http_port)
-        self.http_port = sock.getsockname()[1]
-        self._http = _UvicornServer(self._uvicorn_config(tls))
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
-        while not self._http.started:
-            if self._http_task.done():
-                await self._http_task  # raises what stopped it
-                raise RuntimeError("the REST server stopped while starting")
-            await asyncio.sleep(0.01)
+        if self.config.http_enabled:
+            await self._start_http(tls)
         if self.grpc_registrars:
             self._grpc, self.grpc_port = await start_grpc_server(
                 self.config.host,
@@ -208,12 +206,26 @@ class TfmuxServer:
                 self.config.h2,
                 self.h2_stats,
                 tls=tls,
+                tcp=self.config.grpc_tcp_enabled,
+                unix_path=self.config.grpc_socket_path,
             )
         if self.config.poll_interval_seconds > 0:
             self.poller.start()
+        if self.config_poller is not None:
+            self.config_poller.start()
         if self.sampler is not None:
             self.sampler.start()
 
+    async def _start_http(self, tls: TlsFiles | None) -> None:
+        sock = _bind(self.config.host, self.config.http_port)
+        self.http_port = sock.getsockname()[1]
+        self._http = _UvicornServer(self._uvicorn_config(tls))
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        while not self._http.started:
+            if self._http_task.done():
+                await self._http_task  # raises what stopped it
+                raise RuntimeError("the REST server stopped while starting")
+            await asyncio.sleep(0.01)
     def _tls(self) -> TlsFiles | None:
         """The TLS files, read once so a bad one stops the start with its name."""
         c = self.config
@@ -264,6 +276,8 @@ class TfmuxServer:
         await self.poller.stop()
         if self.sampler is not None:
             await self.sampler.stop()
+        if self.config_poller is not None:
+            await self.config_poller.stop()
         if self._http is not None and self._http_task is not None:
             self._http.config.timeout_graceful_shutdown = max(drain + reserve / 2, 0.001)
             self._http.should_exit = True
@@ -306,6 +320,18 @@ class TfmuxServer:
             await self.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+
+def _config_file_poller(
+    manager: ModelManager, config: ServerConfig
+) -> ModelConfigFilePoller | None:
+    """The poller of TF Serving's ``--model_config_file_poll_wait_seconds``, if asked for."""
+    if config.model_config_file is None or config.model_config_poll_seconds <= 0:
+        return None
+    load = config.models[0].load if config.models else "eager"
+    return ModelConfigFilePoller(
+        manager, config.model_config_file, config.model_config_poll_seconds, load
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -1,4 +1,9 @@
-"""Checks request tensors against a signature: names, dtypes (lossless conversion only), shapes."""
+"""Checks request tensors against a signature: names and dtypes (lossless conversion only).
+
+Shapes are left to the graph, as TF Serving does: a signature's shape is what its graph was
+built with, not a contract the server enforces (TF Serving's half_plus_two declares ``x`` as
+[-1, 1] and serves ``{"instances": [2.0, 3.0, 4.0]}``, a [3] tensor). A tensor the graph cannot
+take fails in the graph, as INVALID_ARGUMENT with TensorFlow's message."""
 
 from __future__ import annotations
 
@@ -7,13 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from tfmux.errors import invalid_argument
-from tfmux.types import Shape, SignatureSpec, TensorSpec, dtype_name, numpy_dtype
-
-
-def format_shape(shape: Shape | None) -> str:
-    if shape is None:
-        return "[unknown rank]"
-    return "[" + ",".join("-1" if d is None else str(d) for d in shape) + "]"
+from tfmux.types import SignatureSpec, TensorSpec, dtype_name, numpy_dtype
 
 
 def validate_inputs(
@@ -24,11 +23,7 @@ def validate_inputs(
         conformed = {}
         for name, spec in signature.inputs.items():
             array = inputs[name]
-            if (
-                type(array) is not np.ndarray
-                or dtype_name(array) != spec.dtype
-                or not _fits_shape(spec.shape, array.shape)
-            ):
+            if type(array) is not np.ndarray or dtype_name(array) != spec.dtype:
                 break  # the careful path converts, or names the problem
             conformed[name] = array
         else:
@@ -50,9 +45,7 @@ def validate_inputs(
 
 
 def _conform(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
-    array = _convert_dtype(spec, np.asarray(array))
-    _check_shape(spec, array)
-    return array
+    return _convert_dtype(spec, np.asarray(array))
 
 
 def _convert_dtype(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
@@ -95,23 +88,3 @@ def _exact_cast(array: np.ndarray, target: np.dtype) -> np.ndarray | None:
         np.isnan(array) & np.isnan(back) if array.dtype.kind == "f" else False
     )
     return converted if bool(np.all(same)) else None
-
-
-def _fits_shape(want: Shape | None, have: tuple[int, ...]) -> bool:
-    if want is None:
-        return True
-    if len(want) != len(have):
-        return False
-    # A loop, not all() over a generator: several times cheaper for a handful of dimensions.
-    for w, h in zip(want, have, strict=True):  # noqa: SIM110
-        if w is not None and w != h:
-            return False
-    return True
-
-
-def _check_shape(spec: TensorSpec, array: np.ndarray) -> None:
-    if not _fits_shape(spec.shape, array.shape):
-        raise invalid_argument(
-            f"input '{spec.name}' has shape {format_shape(array.shape)} but the signature "
-            f"expects {format_shape(spec.shape)} ({spec.dtype})"
-        )

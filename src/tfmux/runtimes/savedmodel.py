@@ -157,9 +157,16 @@ def select_outputs(spec: SignatureSpec, output_names: Sequence[str] | None) -> t
 
 
 def model_failure(exc: tf.errors.OpError) -> ServingError:
-    """A model that raised while running: INTERNAL (the request was well formed; the model
-    failed), with TensorFlow's message without its noise."""
-    return ServingError(ErrorKind.INTERNAL, f"{type(exc).__name__}: {_clean(exc.message)}")
+    """A model that raised while running, with TensorFlow's message without its noise:
+    INVALID_ARGUMENT when the graph rejected its inputs (InvalidArgumentError: a shape it
+    cannot take, a failed assertion; TF Serving answers the graph's own status), else
+    INTERNAL (the request was well formed; the model failed)."""
+    kind = (
+        ErrorKind.INVALID_ARGUMENT
+        if isinstance(exc, tf.errors.InvalidArgumentError)
+        else ErrorKind.INTERNAL
+    )
+    return ServingError(kind, f"{type(exc).__name__}: {_clean(exc.message)}")
 
 
 def _clean(message: str) -> str:

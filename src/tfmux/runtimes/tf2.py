@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfmux.errors import failed_precondition
+from tfmux.errors import failed_precondition, invalid_argument
 from tfmux.runtimes import collect_garbage
 from tfmux.runtimes.savedmodel import (
     SERVE_TAG,
@@ -76,6 +76,8 @@ class TF2Model:
             result = function(**{alias: tf.constant(array) for alias, array in inputs.items()})
         except tf.errors.OpError as exc:
             raise model_failure(exc) from exc
+        except (TypeError, ValueError) as exc:  # the function's input signature refused them
+            raise invalid_argument(f"signature '{signature}': {_first_line(exc)}") from exc
         return {alias: result[alias].numpy() for alias in outputs}
 
     def close(self) -> None:
@@ -83,6 +85,10 @@ class TF2Model:
         self._functions = {}
         self._loaded = None
         collect_garbage()
+
+
+def _first_line(exc: Exception) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), repr(exc))
 
 
 class TF2Runtime:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import grpc
@@ -55,21 +56,30 @@ async def start_grpc_server(
     stats: H2Stats | None = None,
     *,
     tls: TlsFiles | None = None,
-) -> tuple[GrpcServer, int]:
+    tcp: bool = True,
+    unix_path: Path | None = None,
+) -> tuple[GrpcServer, int | None]:
     """Start serving; returns the server and the port it bound (``port`` 0 picks one).
     ``limits`` and ``stats`` are for tfmux's own server (grpc.aio has limits of its own).
-    With ``tls``, the port speaks gRPC over TLS (ALPN ``h2``), mutual when it has a client CA."""
+    With ``tls``, the port speaks gRPC over TLS (ALPN ``h2``), mutual when it has a client CA.
+    ``tcp`` False: no TCP port (None is returned); ``unix_path``: also on this Unix socket."""
     if implementation == "tfmux":
         server = H2GrpcServer(max_message_bytes, limits, stats)
         for register in registrars:
             register(server)
         context = tls.context(alpn=["h2"]) if tls is not None else None
+        bound = None
         try:
-            bound = await server.start(host, port, context, HANDSHAKE_TIMEOUT_SECONDS)
+            if tcp:
+                bound = await server.start(host, port, context, HANDSHAKE_TIMEOUT_SECONDS)
+            if unix_path is not None:
+                await server.start_unix(unix_path, context, HANDSHAKE_TIMEOUT_SECONDS)
         except OSError as exc:
-            raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc}") from None
+            await server.stop(None)
+            where = f"unix:{unix_path}" if bound is not None or not tcp else f"{host}:{port}"
+            raise OSError(f"cannot listen for gRPC on {where}: {exc}") from None
         return server, bound
-    return await _start_grpcio(host, port, max_message_bytes, registrars, tls)
+    return await _start_grpcio(host, port, max_message_bytes, registrars, tls, tcp, unix_path)
 
 
 async def _start_grpcio(
@@ -78,7 +88,9 @@ async def _start_grpcio(
     max_message_bytes: int,
     registrars: Sequence[Registrar],
     tls: TlsFiles | None,
-) -> tuple[GrpcServer, int]:
+    tcp: bool = True,
+    unix_path: Path | None = None,
+) -> tuple[GrpcServer, int | None]:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -88,16 +100,21 @@ async def _start_grpcio(
     )
     for register in registrars:
         register(server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        if tls is None:
-            bound = server.add_insecure_port(address)
-        else:
-            bound = server.add_secure_port(address, tls.grpc_credentials())
-    except RuntimeError as exc:
-        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
-    if bound == 0:
-        raise OSError(f"cannot listen for gRPC on {address}")
+    addresses = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"] if tcp else []
+    if unix_path is not None:
+        addresses.append(f"unix:{unix_path}")
+    bound: int | None = None
+    for address in addresses:
+        try:
+            if tls is None:
+                added = server.add_insecure_port(address)
+            else:
+                added = server.add_secure_port(address, tls.grpc_credentials())
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
+        if added == 0:
+            raise OSError(f"cannot listen for gRPC on {address}")
+        bound = bound or (added if not address.startswith("unix:") else None)
     await server.start()
     return server, bound
 

@@ -14,9 +14,16 @@ class OpsRest:
     """Liveness (the process answers), readiness (eager loads have ended) and metrics."""
 
     def __init__(
-        self, ready: Callable[[], bool], render_metrics: Callable[[], bytes], content_type: str
+        self,
+        ready: Callable[[], bool],
+        render_metrics: Callable[[], bytes],
+        content_type: str,
+        metrics_path: str | None = None,
     ) -> None:
+        """``metrics_path``: one more path serving the metrics (TF Serving's monitoring
+        config names one)."""
         self._ready = ready
+        self._metrics_paths = (*METRICS_PATHS, metrics_path) if metrics_path else METRICS_PATHS
         self._render = render_metrics
         self._metrics_type = content_type.encode()
 
@@ -27,7 +34,7 @@ class OpsRest:
             return self._live
         if path == "/v2/health/ready":
             return self._readiness
-        if path in METRICS_PATHS:
+        if path in self._metrics_paths:
             return self._metrics
         return None
 

@@ -33,6 +33,7 @@ from tfmux.errors import ErrorKind, ServingError, internal, invalid_argument, un
 from tfmux.transports import tfs_protos as protos
 from tfmux.transports.grpc_server import abort_with, authorization, grpc_deadline, routing_key
 from tfmux.transports.tensor_proto import to_array, write_tensor_proto
+from tfmux.transports.tfs_results import examples_input
 from tfmux.types import CLASSIFY_METHOD, REGRESS_METHOD, InferenceResult, ModelRef, SignatureSpec
 
 log = logging.getLogger("tfmux.grpc")
@@ -184,14 +185,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         """Run a classify or regress signature on serialized tf.Examples."""
 
         def inputs(signature: SignatureSpec) -> dict[str, np.ndarray]:
-            return {protos.only_input(signature): examples}
+            return {examples_input(signature, method_name): examples}
 
         return await self._service.infer(
             ref,
             inputs,
             signature_name=protos.signature_name(request.model_spec),
             method="classify" if method_name == CLASSIFY_METHOD else "regress",
-            method_name=method_name,
             deadline=grpc_deadline(context),
         )
 

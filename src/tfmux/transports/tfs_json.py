@@ -203,20 +203,18 @@ def _row_predictions(outputs: Mapping[str, np.ndarray]) -> Any:
 
 
 def encode_status(statuses: Sequence[VersionStatus]) -> bytes:
-    """GetModelStatusResponse JSON: versions as strings, error_message always present, and
-    tfmux's own ``memory_bytes`` (what the version costs) when it is known."""
+    """GetModelStatusResponse JSON with exactly TF Serving's fields: versions as strings,
+    error_message always present. (What a version costs is in tfmux's own
+    ``/v2/repository/index``, not here.)"""
     return dumps({"model_version_status": [_version_status(s) for s in statuses]})
 
 
 def _version_status(status: VersionStatus) -> dict[str, Any]:
-    entry: dict[str, Any] = {
+    return {
         "version": str(status.version),
         "state": status.state,
         "status": {"error_code": status.error_code, "error_message": status.error_message},
     }
-    if status.memory_bytes is not None:
-        entry["memory_bytes"] = status.memory_bytes
-    return entry
 
 
 def encode_metadata(name: str, version: int, signatures: Mapping[str, SignatureSpec]) -> bytes:

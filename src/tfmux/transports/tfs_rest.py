@@ -8,7 +8,8 @@ from tfmux.core.service import ServingService
 from tfmux.errors import invalid_argument
 from tfmux.transports import tfs_json
 from tfmux.transports.rest import Handler, Request, Response, routing_key, served_by
-from tfmux.types import CLASSIFY_METHOD, REGRESS_METHOD, ModelRef, SignatureSpec
+from tfmux.transports.tfs_results import examples_input
+from tfmux.types import CLASSIFY_METHOD, REGRESS_METHOD, ModelRef
 
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -79,10 +80,9 @@ class TfServingRest:
         signature_name, examples = tfs_json.parse_examples(request.body)
         result = await self._service.infer(
             ref,
-            lambda signature: {_only_input(signature): examples},
+            lambda signature: {examples_input(signature, method_name): examples},
             signature_name=signature_name,
             method=method,
-            method_name=method_name,
             gone=request.gone,
         )
         encode = tfs_json.encode_classify if method == "classify" else tfs_json.encode_regress
@@ -97,10 +97,5 @@ def _model_ref(name: str, version: str | None, label: str | None, key: str | Non
     return ModelRef(name, int(version) if version is not None else None, label, key)
 
 
-def _only_input(signature: SignatureSpec) -> str:
-    if len(signature.inputs) != 1:
-        raise invalid_argument(
-            f"signature '{signature.name}' must have exactly one input of serialized "
-            f"tf.Examples, it has {len(signature.inputs)}"
-        )
-    return next(iter(signature.inputs))
+<<<<<<< HEAD
+>>>>>>> wt/tfs

@@ -8,7 +8,45 @@ from collections.abc import Mapping
 import numpy as np
 
 from tfmux.errors import failed_precondition, invalid_argument
-from tfmux.types import DTYPE_TO_TF, dtype_name
+from tfmux.types import CLASSIFY_METHOD, DTYPE_TO_TF, SignatureSpec, dtype_name
+
+_INPUTS, _CLASSES, _SCORES, _OUTPUTS = "inputs", "classes", "scores", "outputs"
+
+
+def examples_input(signature: SignatureSpec, method_name: str) -> str:
+    """The input (serialized tf.Examples) of a classify or regress call on ``signature``.
+
+    TF Serving's rule (``PreProcessClassification`` / ``PreProcessRegression``, with its
+    default of no method-name check): the signature's method is not looked at, so TF2
+    signatures, all exported with the predict method, classify and regress; what counts is
+    one input named ``inputs`` and, to classify, one or two outputs among ``classes`` and
+    ``scores``, to regress, one output named ``outputs``.
+    """
+    classify = method_name == CLASSIFY_METHOD
+    kind = "classification" if classify else "regression"
+    if len(signature.inputs) != 1:
+        raise invalid_argument("Expected one input Tensor.")
+    outputs = signature.outputs
+    if classify and len(outputs) not in (1, 2):
+        raise invalid_argument(f"Expected one or two output Tensors, found {len(outputs)}")
+    if not classify and len(outputs) != 1:
+        raise invalid_argument("Expected one output Tensor.")
+    if _INPUTS not in signature.inputs:
+        raise invalid_argument(
+            f"No {kind} inputs found in SignatureDef '{signature.name}' (it has "
+            f"{', '.join(signature.inputs)}; a {kind} signature has one input '{_INPUTS}')"
+        )
+    if classify and _CLASSES not in outputs and _SCORES not in outputs:
+        raise invalid_argument(
+            'Expected classification signature outputs to contain at least one of "classes" '
+            f"or \"scores\". Signature '{signature.name}' has {', '.join(outputs)}"
+        )
+    if not classify and _OUTPUTS not in outputs:
+        raise invalid_argument(
+            f"No regression outputs found in SignatureDef '{signature.name}' (it has "
+            f"{', '.join(outputs)}; a regression signature has one output '{_OUTPUTS}')"
+        )
+    return _INPUTS
 
 
 def classifications(

@@ -10,6 +10,7 @@ import socket
 import time
 import ssl
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, cast
 
 from tfmux.transports.h2 import frames as f
@@ -35,6 +36,7 @@ class H2GrpcServer:
         self._registry = Registry()
         self._dispatcher = GrpcDispatcher(self._registry, self.shared)
         self._servers: list[asyncio.AbstractServer] = []
+        self._unix_paths: list[Path] = []
         self._stopped = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -63,8 +65,28 @@ class H2GrpcServer:
             )
             self._servers.append(server)
             bound = sock.getsockname()[1]
-        self._sweeper = loop.create_task(self._sweep())
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
         return bound
+
+    async def start_unix(
+        self, path: Path, tls: ssl.SSLContext | None = None, handshake_timeout: float = 10
+    ) -> None:
+        """Also listen on the Unix domain socket at ``path`` (a stale socket file there is
+        replaced; the file is removed when the server stops)."""
+        if path.is_socket():
+            path.unlink()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(
+            self._connection,
+            path=str(path),
+            ssl=tls,
+            ssl_handshake_timeout=handshake_timeout if tls is not None else None,
+        )
+        self._servers.append(server)
+        self._unix_paths.append(path)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
 
     def _connection(self) -> asyncio.Protocol:
         """A new connection's protocol; past ``max_connections`` one that refuses it. (The
@@ -114,6 +136,8 @@ class H2GrpcServer:
             await server.wait_closed()
         self._servers.clear()
         self._dispatcher.close()
+        for path in self._unix_paths:
+            path.unlink(missing_ok=True)
         self._stopped.set()
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:
