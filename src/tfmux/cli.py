@@ -327,6 +327,14 @@ def serve(
         config = build_config(sources, overrides, batching_overrides)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    if ray_address is not None or replicas is not None:
+        logging.basicConfig(
+            level=config.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if config.onednn else "0"
+        _serve_on_ray(config, ray_address or "local", replicas)
+        return
     run_server(config)
 
 
@@ -337,9 +345,6 @@ def run_server(config: Any, notes: Sequence[str] = ()) -> None:
     )
     # oneDNN is chosen when TensorFlow is first imported, which importing the server does.
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if config.onednn else "0"
-    if ray_address is not None or replicas is not None:
-        _serve_on_ray(config, ray_address or "local", replicas)
-        return
     from tfmux.server import TfmuxServer
 
     server = TfmuxServer(config)

@@ -22,9 +22,9 @@ from tfmux.core.poller import RepositoryPoller
 from tfmux.core.runtime import LoadedModel
 from tfmux.core.sampler import StatusSampler
 from tfmux.core.service import Management, ServingService
-from tfmux.exposure import gate
 from tfmux.core.status import StatusBoard
 from tfmux.dashboard import dashboard_access
+from tfmux.exposure import gate
 from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.tls import TlsFiles
 from tfmux.transports import openapi
@@ -226,6 +226,7 @@ class TfmuxServer:
                 await self._http_task  # raises what stopped it
                 raise RuntimeError("the REST server stopped while starting")
             await asyncio.sleep(0.01)
+
     def _tls(self) -> TlsFiles | None:
         """The TLS files, read once so a bad one stops the start with its name."""
         c = self.config

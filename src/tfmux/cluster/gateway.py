@@ -16,10 +16,13 @@ from tfmux.cluster.registry import router_for
 from tfmux.cluster.service import CONTROL_TIMEOUT, ClusterService
 from tfmux.config import ServerConfig
 from tfmux.core.service import Management
+from tfmux.dashboard import DashboardAccess
 from tfmux.errors import ServingError
+from tfmux.exposure import gate
 from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.server import TfmuxServer
 from tfmux.transports import openapi
+from tfmux.transports.h2.stats import H2Collector, H2Stats
 from tfmux.transports.ops_rest import OpsRest
 from tfmux.transports.rest import RestApp
 from tfmux.transports.tfs_grpc import TfServingGrpc
@@ -53,6 +56,17 @@ class ClusterGateway(TfmuxServer):
         self._deployment = deployment
         self.metrics = Metrics()
         self.poller = _NoPoller()  # type: ignore[assignment]
+        # What TfmuxServer.start reads; the cluster has no status board or config-file poller
+        # of its own yet (the dashboard's cluster view is not built).
+        self.h2_stats = H2Stats()
+        self.metrics.registry.register(H2Collector(self.h2_stats))
+        self.management_gate = gate(
+            "model management", config.management, config.host, config.admin_token, "management"
+        )
+        self.dashboard = DashboardAccess(False, None, "not available in cluster mode yet")
+        self.status_board = None
+        self.sampler = None
+        self.config_poller = None
         self.http_port = None
         self.grpc_port = None
         self._grpc = None
@@ -68,7 +82,10 @@ class ClusterGateway(TfmuxServer):
         config = self.config
         timeout = config.request_timeout_ms / 1000 if config.request_timeout_ms else None
         management = Management(
-            config.management, config.admin_token, tuple(config.model_repositories)
+            self.management_gate.enabled,
+            config.admin_token,
+            tuple(config.model_repositories),
+            self.management_gate.denial,
         )
         cluster = ClusterService(self._handle, router, management, self.metrics, timeout)
         self.metrics.registry.register(ClusterCollector(cluster))
@@ -83,7 +100,7 @@ class ClusterGateway(TfmuxServer):
                     TfServingRest(service).route,
                     TrafficRest(service).route,
                     KServeRest(service).route,
-                    openapi.route,
+                    openapi.OpenApiRest(service, config.admin_token is not None).route,
                     ops.route,
                 ],
                 config.max_body_bytes,

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 import tfmux
 from tfmux.config import LABEL_RE, MODEL_NAME_RE
 from tfmux.core.service import ServingService
+from tfmux.transports import status_openapi
 from tfmux.transports.openapi_schemas import (
     BINARY_BODY,
     EMPTY_OK,
@@ -45,7 +46,6 @@ from tfmux.transports.openapi_schemas import (
 from tfmux.transports.openapi_schemas import (
     json_response as _json,
 )
-from tfmux.transports import status_openapi
 from tfmux.transports.rest import Handler, Request, Response
 from tfmux.transports.tfs_codec import dumps
 

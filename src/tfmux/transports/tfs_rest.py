@@ -95,7 +95,3 @@ def _model_ref(name: str, version: str | None, label: str | None, key: str | Non
     if version is not None and not (version.isascii() and version.isdigit()):
         raise invalid_argument(f"version must be a non-negative integer, not '{version}'")
     return ModelRef(name, int(version) if version is not None else None, label, key)
-
-
-<<<<<<< HEAD
->>>>>>> wt/tfs

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 import ssl
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
