@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -294,7 +295,10 @@ def test_monitoring_config_path_serves_prometheus_metrics(servers) -> None:
     single = servers["single"]
     text = httpx.get(single.url + "/tfs/metrics").text
     assert "# TYPE" in text and "tfmux_requests_total{" in text
-    assert "tfmux_batch_size_count" not in text  # no --enable_batching: no batches
+    # No --enable_batching: every request runs alone, so each "batch" holds exactly one request.
+    counts = re.findall(r'^tfmux_batch_size_count\{model="half_plus_two"[^}]*\} (\S+)$', text, re.M)
+    sums = re.findall(r'^tfmux_batch_size_sum\{model="half_plus_two"[^}]*\} (\S+)$', text, re.M)
+    assert counts == sums
 
 
 def test_flags_without_effect_are_reported_at_startup(servers) -> None:

@@ -285,5 +285,10 @@ class ClusterService:
     async def stop_shadows(self) -> None:
         return None
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> bool:
+        """Nothing runs here: the replicas own their models (Serve stops them)."""
+        return True
+
+    def abandon_requests(self) -> None:
+        """Requests in flight are the replicas'; the gateway holds no queue of its own."""
         return None
