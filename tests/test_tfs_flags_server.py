@@ -95,7 +95,7 @@ def test_a_polled_models_config_is_served_exactly(
 
         path.write_text(models_config(tmp_path, "a", "b"))
         wait_until(lambda: served() == {"a", "b"}, "model b to be added")
-        wait_until(lambda: manager.statuses("b")[0].state == "AVAILABLE", "b to load")
+        wait_until(lambda: [s.state for s in manager.statuses("b")] == ["AVAILABLE"], "b to load")
         loads = sum(loader.loads.values())
         path.write_text("not a models.config")  # logged; nothing changes
         wait_until(lambda: "Failed to read ModelServerConfig file" in caplog.text, "the error")
