@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tfmux.transports.admission import AdmissionLimits
 from tfmux.transports.h2.limits import H2Limits
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -205,6 +206,8 @@ class ServerConfig(BaseModel):
     http_body_timeout_seconds: float = Field(default=30.0, gt=0)
     http_keep_alive_seconds: float = Field(default=5.0, gt=0)
     http_max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    # How both ports admit new connections: refusals past the limit, throttling after abuse.
+    admission: AdmissionLimits = Field(default_factory=AdmissionLimits)
     # The dashboard and status API: None (automatic) opens them on loopback and, beyond it,
     # asks for the admin token (off without one); True opens them to everyone; False turns
     # them off.

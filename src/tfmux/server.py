@@ -28,6 +28,8 @@ from tfmux.exposure import gate
 from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.tls import TlsFiles
 from tfmux.transports import openapi
+from tfmux.transports.acceptor import Acceptor
+from tfmux.transports.admission import AdmissionGate, AdmissionLimits
 from tfmux.transports.grpc_health import GrpcHealth
 from tfmux.transports.grpc_server import GrpcServer, Registrar, start_grpc_server
 from tfmux.transports.h2.stats import H2Collector, H2Stats
@@ -96,11 +98,35 @@ def configure_tensorflow(server: ServerConfig) -> str:
 
 
 class _UvicornServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the TfmuxServer owns shutdown."""
+    """uvicorn without its own signal handling (the TfmuxServer owns shutdown), accepting
+    through ``transports.acceptor`` (admission: refusals and throttling)."""
+
+    def __init__(self, config: uvicorn.Config, admission: AdmissionLimits) -> None:
+        super().__init__(config)
+        self.admission = admission
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        config = self.config
+        protocol = config.http_protocol_class
+        gate = AdmissionGate(
+            self.admission,
+            protocol.limits.max_connections,
+            lambda: len(self.server_state.connections),
+        )
+        protocol.gate = gate
+
+        def create_protocol() -> asyncio.Protocol:
+            return protocol(config=config, server_state=self.server_state, app_state={})
+
+        acceptors = [Acceptor(sock, create_protocol, gate, config.ssl) for sock in sockets or []]
+        for acceptor in acceptors:
+            acceptor.start()
+        self.servers = acceptors  # type: ignore[assignment]  # close() is all uvicorn calls
+        self.started = True
 
 
 class TfmuxServer:
@@ -208,6 +234,7 @@ class TfmuxServer:
                 tls=tls,
                 tcp=self.config.grpc_tcp_enabled,
                 unix_path=self.config.grpc_socket_path,
+                admission=self.config.admission,
             )
         if self.config.poll_interval_seconds > 0:
             self.poller.start()
@@ -219,7 +246,7 @@ class TfmuxServer:
     async def _start_http(self, tls: TlsFiles | None) -> None:
         sock = _bind(self.config.host, self.config.http_port)
         self.http_port = sock.getsockname()[1]
-        self._http = _UvicornServer(self._uvicorn_config(tls))
+        self._http = _UvicornServer(self._uvicorn_config(tls), self.config.admission)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         while not self._http.started:
             if self._http_task.done():

@@ -16,6 +16,7 @@ import grpc
 
 from tfmux.errors import ErrorKind, ServingError
 from tfmux.tls import HANDSHAKE_TIMEOUT_SECONDS, TlsFiles
+from tfmux.transports.admission import AdmissionLimits
 from tfmux.transports.h2 import H2GrpcServer
 from tfmux.transports.h2.limits import H2Limits
 from tfmux.transports.h2.stats import H2Stats
@@ -58,13 +59,14 @@ async def start_grpc_server(
     tls: TlsFiles | None = None,
     tcp: bool = True,
     unix_path: Path | None = None,
+    admission: AdmissionLimits | None = None,
 ) -> tuple[GrpcServer, int | None]:
     """Start serving; returns the server and the port it bound (``port`` 0 picks one).
     ``limits`` and ``stats`` are for tfmux's own server (grpc.aio has limits of its own).
     With ``tls``, the port speaks gRPC over TLS (ALPN ``h2``), mutual when it has a client CA.
     ``tcp`` False: no TCP port (None is returned); ``unix_path``: also on this Unix socket."""
     if implementation == "tfmux":
-        server = H2GrpcServer(max_message_bytes, limits, stats)
+        server = H2GrpcServer(max_message_bytes, limits, stats, admission)
         for register in registrars:
             register(server)
         context = tls.context(alpn=["h2"]) if tls is not None else None
@@ -90,6 +92,7 @@ async def _start_grpcio(
     tls: TlsFiles | None,
     tcp: bool = True,
     unix_path: Path | None = None,
+    admission: AdmissionLimits | None = None,
 ) -> tuple[GrpcServer, int | None]:
     server = grpc.aio.server(
         options=[

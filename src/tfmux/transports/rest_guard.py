@@ -36,10 +36,16 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from tfmux.transports.admission import AdmissionGate
+
 log = logging.getLogger("tfmux.rest")
 REFUSAL_LOG_SECONDS = 10.0  # refusals are logged at most this often (a flood is not a log flood)
 LINGER_SECONDS = 5.0  # the longest a body answered early (413) is read and discarded
-LINGER_MAX_BYTES = 16 * 1024 * 1024  # and the most of it (loopback delivers GB/s)
+# and the most of it: enough for a client that reads while it sends to see the 413 (a client
+# that sends its whole body first gets a reset either way); beyond it the connection is closed
+# as abusive (``transports.admission``). Was 16 MiB: an attacker sending bodies declared too
+# large then had the server read 16 MiB per connection (the soak's huge_bodies: 3.4 GB/s).
+LINGER_MAX_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above (``limits`` is set per server)."""
 
     limits = RestLimits()
+    gate: AdmissionGate | None = None  # hears connections closed for abuse (set per server)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -126,7 +133,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._guard.cancel()
             self._guard = None
 
+    def _abusive(self) -> None:
+        if self.gate is not None:
+            self.gate.note_abuse()
+
     def _close_with(self, status: int, reason: str, message: str) -> None:
+        self._abusive()
         self._disarm()
         if self.transport.is_closing():
             return
@@ -200,6 +212,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle.response_complete:  # discarded, while the linger timer runs
             self._discarded += len(body)
             if self._discarded > LINGER_MAX_BYTES:
+                self._abusive()
                 self._disarm()
                 self.transport.close()
             return

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
+from tfmux.transports.acceptor import Acceptor
+from tfmux.transports.admission import AdmissionGate, AdmissionLimits
 from tfmux.transports.h2 import frames as f
 from tfmux.transports.h2.connection import H2Connection
 from tfmux.transports.h2.guard import Shared
@@ -29,13 +31,20 @@ class H2GrpcServer:
         max_message_bytes: int,
         limits: H2Limits | None = None,
         stats: H2Stats | None = None,
+        admission: AdmissionLimits | None = None,
     ) -> None:
         self.limits = limits or H2Limits()
         self.shared = Shared(self.limits, max_message_bytes, stats)
         self.stats = self.shared.stats
         self._registry = Registry()
         self._dispatcher = GrpcDispatcher(self._registry, self.shared)
-        self._servers: list[asyncio.AbstractServer] = []
+        self.gate = AdmissionGate(
+            admission or AdmissionLimits(),
+            self.limits.max_connections,
+            lambda: len(self._dispatcher.connections),
+        )
+        self.stats.on_abuse = self.gate.note_abuse
+        self._servers: list[asyncio.AbstractServer | Acceptor] = []
         self._unix_paths: list[Path] = []
         self._stopped = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
@@ -60,10 +69,9 @@ class H2GrpcServer:
         bound = port
         timeout = handshake_timeout if tls is not None else None
         for sock in _listen(host, port):
-            server = await loop.create_server(
-                self._connection, sock=sock, ssl=tls, ssl_handshake_timeout=timeout
-            )
-            self._servers.append(server)
+            acceptor = Acceptor(sock, self._connection, self.gate, tls, timeout)
+            acceptor.start()
+            self._servers.append(acceptor)
             bound = sock.getsockname()[1]
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())

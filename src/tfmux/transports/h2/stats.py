@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -41,6 +41,8 @@ HIT_REASONS = (
     "write_backpressure",
 )
 _LOG_EVERY = 10.0  # seconds between log lines of one reason
+# Closes that are not the client's abuse (the rest make the acceptor throttle newcomers).
+_NOT_ABUSE = frozenset(("idle_timeout", "connection_limit", "internal_error"))
 
 
 class H2Stats:
@@ -50,9 +52,12 @@ class H2Stats:
         self.closed = dict.fromkeys(CLOSE_REASONS, 0)
         self.hits = dict.fromkeys(HIT_REASONS, 0)
         self._logged: dict[str, tuple[float, int]] = {}
+        self.on_abuse: Callable[[], None] | None = None  # the admission gate's note_abuse
 
     def connection_closed(self, reason: str, peer: str, detail: str) -> None:
         self.closed[reason if reason in self.closed else "internal_error"] += 1
+        if self.on_abuse is not None and reason not in _NOT_ABUSE:
+            self.on_abuse()
         self._log(reason, f"closed HTTP/2 connection from {peer}: {reason} ({detail})")
 
     def hit(self, reason: str, peer: str, detail: str) -> None:

@@ -1,0 +1,161 @@
+"""Who gets a new connection, and when: the admission policy both ports' acceptors ask.
+
+Measured with ``python -m benchmarks.soak`` on a server pinned to one core: accepting every
+pending connection at once (what ``loop.create_server`` does) let a flood of new connections
+hold the event loop for ~30 ms at a time (a well-behaved client's p99 went from 2 to 32 ms),
+and an attacker who reconnects after each GOAWAY (a PING or reset flood) or each 413 kept the
+core busy with connection set-up alone. The policy here, pure and clock-driven:
+
+- **past the connection limit**, a newcomer is refused cleanly (REST 503, gRPC GOAWAY) at
+  most ``refusals_per_second``; the others wait in the kernel's backlog until a connection
+  closes (what nginx and Go's ``LimitListener`` do: waiting costs the server nothing);
+- **after abuse** (connections the server closed for breaking a limit: floods, timeouts,
+  oversized heads or bodies, protocol errors), once more than ``abuse_burst`` of them come
+  within ``abuse_window_seconds``, new connections are admitted at most
+  ``throttled_accepts_per_second`` until the window passes with no further abuse; the others
+  are accepted and closed at once (leaving them in the backlog made a newcomer wait behind
+  every queued attacker connection: 40 s in a test). Connections already open (the
+  well-behaved clients' keep-alive and gRPC channels) are never touched.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AdmissionLimits(BaseModel):
+    """How both ports admit new connections (``admission`` in the configuration file; the
+    connection limits themselves are ``http_max_connections`` and ``h2.max_connections``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    refusals_per_second: float = Field(
+        default=20.0, gt=0, description="newcomers past the connection limit refused cleanly"
+    )
+    accepts_per_turn: int = Field(
+        default=16, ge=1, description="connections accepted per event-loop turn"
+    )
+    abuse_burst: int = Field(
+        default=20, ge=1, description="connections closed for abuse before newcomers are throttled"
+    )
+    abuse_window_seconds: float = Field(
+        default=10.0, gt=0, description="how long abuse is remembered (and throttling lasts)"
+    )
+    throttled_accepts_per_second: float = Field(
+        default=50.0, gt=0, description="new connections a second while throttled"
+    )
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved."""
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens, self._last = burst, now
+
+    def _refill(self, now: float) -> None:
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def take(self, now: float) -> bool:
+        self._refill(now)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def give_back(self) -> None:
+        self._tokens = min(self.burst, self._tokens + 1.0)
+
+    def wait(self, now: float) -> float:
+        """Seconds until a token is there."""
+        self._refill(now)
+        return max(0.0, (1.0 - self._tokens) / self.rate)
+
+
+class Admit(enum.Enum):
+    ACCEPT = "accept"  # below the limit: a connection like any other
+    REFUSE = "refuse"  # past the limit: accepted to be refused cleanly
+    WAIT = "wait"  # left in the backlog for ``AdmissionGate.wait`` seconds
+    DROP = "drop"  # accepted and closed at once (throttled: costs next to nothing)
+
+
+class AdmissionGate:
+    """Decides for each pending connection; ``note_abuse`` hears the server close one for
+    breaking a limit."""
+
+    def __init__(
+        self,
+        limits: AdmissionLimits,
+        max_connections: int,
+        open_count: Callable[[], int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits = limits
+        self.max_connections = max_connections
+        self._open = open_count
+        self._clock = clock
+        now = clock()
+        refusals = limits.refusals_per_second
+        self._refusals = TokenBucket(refusals, max(1.0, refusals), now)
+        self._abuse = TokenBucket(
+            limits.abuse_burst / limits.abuse_window_seconds, limits.abuse_burst, now
+        )
+        rate = limits.throttled_accepts_per_second
+        self._throttle = TokenBucket(rate, max(1.0, rate), now)
+        self._throttled_until = float("-inf")
+        self.wait = 0.0  # after WAIT: how long to leave the backlog alone
+        self._taken: list[TokenBucket] = []  # what the last decision spent
+        self._last = Admit.ACCEPT
+        self.counts = dict.fromkeys(("refused", "waited", "dropped", "throttled", "abuse"), 0)
+
+    def nobody_came(self) -> None:
+        """The last decision found no connection pending: it is taken back."""
+        for bucket in self._taken:
+            bucket.give_back()
+        self._taken = []
+        if self._last is Admit.REFUSE:
+            self.counts["refused"] -= 1
+        elif self._last is Admit.DROP:
+            self.counts["dropped"] -= 1
+
+    @property
+    def throttled(self) -> bool:
+        return self._clock() < self._throttled_until
+
+    def note_abuse(self) -> None:
+        now = self._clock()
+        self.counts["abuse"] += 1
+        if not self._abuse.take(now):
+            if now >= self._throttled_until:
+                self.counts["throttled"] += 1
+            self._throttled_until = now + self.limits.abuse_window_seconds
+
+    def decide(self, pending: int = 0) -> Admit:
+        """For the next pending connection; ``pending``: accepted, not yet open (counted)."""
+        self._taken = []
+        self._last = self._decide(pending)
+        return self._last
+
+    def _decide(self, pending: int) -> Admit:
+        now = self._clock()
+        if now < self._throttled_until:
+            if not self._throttle.take(now):
+                self.counts["dropped"] += 1
+                return Admit.DROP
+            self._taken.append(self._throttle)
+        if self._open() + pending < self.max_connections:
+            return Admit.ACCEPT
+        if self._refusals.take(now):
+            self._taken.append(self._refusals)
+            self.counts["refused"] += 1
+            return Admit.REFUSE
+        self.wait = min(self._refusals.wait(now), 0.05)  # a slot may free before a token
+        self.counts["waited"] += 1
+        return Admit.WAIT

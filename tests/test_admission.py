@@ -1,0 +1,195 @@
+"""Admission of new connections (transports/admission.py, transports/acceptor.py): the pure gate
+with a fake clock, then both ports over real sockets: past the limit a few newcomers are
+refused and the rest wait in the backlog until a slot frees; after abuse, newcomers are
+throttled while open connections keep being served.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from benchmarks import attacks_h2
+
+from tfmux.config import ModelConfig, ServerConfig
+from tfmux.transports.admission import AdmissionGate, AdmissionLimits, Admit
+from tfmux.transports.h2.limits import H2Limits
+
+from .harness import BackgroundServer
+
+WAIT = 20.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def gate(open_: list[int], clock: Clock, **limits: float) -> AdmissionGate:
+    return AdmissionGate(AdmissionLimits(**limits), 3, lambda: open_[0], clock)
+
+
+def test_below_the_limit_everyone_is_accepted() -> None:
+    g = gate([2], Clock())
+    assert [g.decide() for _ in range(100)] == [Admit.ACCEPT] * 100
+
+
+def test_past_the_limit_refusals_are_rate_limited_and_the_rest_wait() -> None:
+    clock, open_ = Clock(), [3]
+    g = gate(open_, clock, refusals_per_second=2)
+    assert [g.decide() for _ in range(4)] == [Admit.REFUSE, Admit.REFUSE, Admit.WAIT, Admit.WAIT]
+    assert 0 < g.wait <= 0.05  # checked again soon: a slot may free before a token
+    clock.now += 0.5
+    assert g.decide() is Admit.REFUSE  # one token back after half a second
+    open_[0] = 2
+    assert g.decide() is Admit.ACCEPT  # a slot freed: accepted without a token
+
+
+def test_abuse_past_the_burst_throttles_newcomers_until_the_window_passes() -> None:
+    clock = Clock()
+    g = gate([0], clock, abuse_burst=3, abuse_window_seconds=10, throttled_accepts_per_second=2)
+    for _ in range(3):
+        g.note_abuse()
+    assert not g.throttled  # within the burst
+    g.note_abuse()
+    assert g.throttled
+    assert [g.decide() for _ in range(3)] == [Admit.ACCEPT, Admit.ACCEPT, Admit.DROP]
+    g.nobody_came()  # a decision that found no connection is taken back
+    assert g.counts["dropped"] == 0
+    clock.now += 0.5
+    assert g.decide() is Admit.ACCEPT
+    clock.now += 9.3
+    assert g.throttled
+    clock.now += 0.3
+    assert not g.throttled
+    assert [g.decide() for _ in range(10)] == [Admit.ACCEPT] * 10
+    assert g.counts["throttled"] == 1 and g.counts["abuse"] == 4
+
+
+def test_abuse_spread_out_below_the_rate_never_throttles() -> None:
+    clock = Clock()
+    g = gate([0], clock, abuse_burst=2, abuse_window_seconds=10)
+    for _ in range(50):
+        g.note_abuse()
+        clock.now += 6.0  # one every 6 s: the bucket refills 0.2 a second
+    assert not g.throttled
+
+
+# -- over real sockets -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(model_root: Path) -> Iterator[BackgroundServer]:
+    config = ServerConfig(
+        models=[ModelConfig(name="binary", base_path=model_root / "binary")],
+        http_max_connections=4,
+        h2=H2Limits(max_connections=4, max_pings=50),
+        admission=AdmissionLimits(
+            refusals_per_second=0.2,
+            abuse_burst=3,
+            abuse_window_seconds=3,
+            throttled_accepts_per_second=2,
+        ),
+    )
+    with BackgroundServer(config) as background:
+        yield background
+
+
+def rest(server: BackgroundServer) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.server.http_port), timeout=WAIT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+HEALTH = b"GET /v2/health/live HTTP/1.1\r\nhost: t\r\n\r\n"
+
+
+def answers(socks: list[socket.socket], within: float) -> list[bytes]:
+    """A health request on each; what came back on each within ``within`` seconds in all."""
+    for sock in socks:
+        sock.sendall(HEALTH)
+    deadline = time.monotonic() + within
+    got = []
+    for sock in socks:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            got.append(sock.recv(65536))
+        except TimeoutError:
+            got.append(b"")
+        sock.settimeout(WAIT)
+    return got
+
+
+def predict(server: BackgroundServer, client: httpx.Client | None = None) -> None:
+    body = {"instances": [[1.0, 2.0, 3.0]]}
+    url = f"{server.url}/v1/models/binary:predict"
+    answer = (client or httpx).post(url, json=body, timeout=WAIT)  # type: ignore[attr-defined]
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.tf
+def test_rest_newcomers_past_the_limit_wait_in_the_backlog_then_get_in(server) -> None:
+    held = [rest(server) for _ in range(4)]
+    assert all(b" 200 " in a for a in answers(held, WAIT))  # all four in, and served
+    newcomers = [rest(server) for _ in range(8)]  # the kernel completes their handshakes
+    got = answers(newcomers, 2.0)
+    refused = [a for a in got if b" 503 " in a]
+    waiting = [s for s, a in zip(newcomers, got, strict=True) if not a]
+    counts = server.server._http.servers[0]._gate.counts  # type: ignore[union-attr]
+    assert 1 <= len(refused) <= 2, (got, counts)  # one refused cleanly (then 1 per 5 s)
+    assert len(refused) + len(waiting) == 8 and waiting
+    for sock in held:
+        sock.close()
+    served = []
+    for sock in waiting:  # slots free: each waiting newcomer is accepted and answered in turn
+        served.append(sock.recv(65536))
+        sock.close()  # (frees its slot for the next)
+    assert sum(b" 200 " in a for a in served) >= len(waiting) - 1, served  # a token may refill
+    for sock in newcomers:
+        sock.close()
+    time.sleep(0.3)
+    predict(server)
+
+
+@pytest.mark.tf
+def test_grpc_ping_floods_throttle_newcomers_and_open_channels_keep_working(
+    server, monkeypatch
+) -> None:
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    gate = server.server._grpc.gate  # type: ignore[union-attr]
+    target = f"127.0.0.1:{server.server.grpc_port}"
+    with grpc.insecure_channel(target) as channel:  # opened before the attack
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "binary"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto([[1.0, 2.0, 3.0]], dtype=tf.float32))
+        stub.Predict(request, timeout=WAIT)
+        for _ in range(5):  # each is closed with GOAWAY(ENHANCE_YOUR_CALM) after 50 PINGs
+            attacks_h2.ping_flood("127.0.0.1", server.server.grpc_port, 1.0, pings=4000)
+        deadline = time.monotonic() + WAIT
+        while gate.counts["abuse"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gate.throttled, gate.counts
+        admitted = 0
+        for _ in range(10):  # newcomers in a burst: two get in, the rest are closed at once
+            with socket.create_connection(("127.0.0.1", server.server.grpc_port)) as other:
+                other.sendall(attacks_h2.PREFACE)
+                try:
+                    admitted += len(other.recv(9)) > 0  # the server's SETTINGS: accepted
+                except ConnectionResetError:
+                    pass
+        assert 1 <= admitted <= 4, gate.counts
+        assert gate.counts["dropped"] >= 5
+        assert stub.Predict(request, timeout=WAIT).outputs  # the open channel never noticed
+    time.sleep(3.1)  # the window passes without abuse
+    assert not gate.throttled
