@@ -192,3 +192,31 @@ def test_grpc_ping_floods_throttle_newcomers_and_open_channels_keep_working(
         assert stub.Predict(request, timeout=WAIT).outputs  # the open channel never noticed
     time.sleep(3.1)  # the window passes without abuse
     assert not gate.throttled
+
+
+# -- the REST port's bulk-body budget ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def budgeted(model_root: Path) -> Iterator[BackgroundServer]:
+    config = ServerConfig(
+        models=[ModelConfig(name="binary", base_path=model_root / "binary")],
+        http_bulk_bytes_per_second=16 * 1024 * 1024,
+    )
+    with BackgroundServer(config) as background:
+        yield background
+
+
+@pytest.mark.tf
+def test_a_large_upload_waits_for_the_bulk_budget_and_is_answered(budgeted) -> None:
+    """40 MiB (valid JSON padded with spaces) past a 32 MiB burst at 16 MiB/s: the upload is
+    held, released, read in full and answered, while small requests are served meanwhile."""
+    protocol = budgeted.server._http.config.http_protocol_class  # type: ignore[union-attr]
+    body = b'{"instances": [[1.0, 2.0, 3.0]]' + b" " * (40 * 1024 * 1024) + b"}"
+    url = f"{budgeted.url}/v1/models/binary:predict"
+    with httpx.Client(timeout=WAIT) as small:
+        with httpx.Client(timeout=WAIT) as large:
+            answer = large.post(url, content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 200, answer.text
+        assert protocol.holds >= 1  # it did wait for the budget
+        predict(budgeted, small)

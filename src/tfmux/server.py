@@ -29,13 +29,13 @@ from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.tls import TlsFiles
 from tfmux.transports import openapi
 from tfmux.transports.acceptor import Acceptor
-from tfmux.transports.admission import AdmissionGate, AdmissionLimits
+from tfmux.transports.admission import AdmissionGate, AdmissionLimits, TokenBucket
 from tfmux.transports.grpc_health import GrpcHealth
 from tfmux.transports.grpc_server import GrpcServer, Registrar, start_grpc_server
 from tfmux.transports.h2.stats import H2Collector, H2Stats
 from tfmux.transports.ops_rest import OpsRest
 from tfmux.transports.rest import RestApp, Route
-from tfmux.transports.rest_guard import GuardedHttpToolsProtocol, RestLimits
+from tfmux.transports.rest_guard import BULK_BURST, GuardedHttpToolsProtocol, RestLimits
 from tfmux.transports.status_rest import StatusRest
 from tfmux.transports.tfs_grpc import TfServingGrpc
 from tfmux.transports.tfs_rest import TfServingRest
@@ -118,6 +118,9 @@ class _UvicornServer(uvicorn.Server):
             lambda: len(self.server_state.connections),
         )
         protocol.gate = gate
+        rate = protocol.limits.bulk_bytes_per_second
+        now = asyncio.get_running_loop().time()
+        protocol.bulk = TokenBucket(rate, BULK_BURST, now) if rate else None
 
         def create_protocol() -> asyncio.Protocol:
             return protocol(config=config, server_state=self.server_state, app_state={})
@@ -270,6 +273,7 @@ class TfmuxServer:
             c.http_header_timeout_seconds,
             c.http_body_timeout_seconds,
             c.http_max_header_bytes,
+            c.http_bulk_bytes_per_second,
         )
         context = tls.context(alpn=["http/1.1"]) if tls is not None else None
         return uvicorn.Config(

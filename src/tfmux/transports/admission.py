@@ -70,6 +70,12 @@ class TokenBucket:
             return True
         return False
 
+    def spend(self, amount: float, now: float) -> float:
+        """Take ``amount`` (going into debt if need be); seconds until the debt is paid."""
+        self._refill(now)
+        self._tokens -= amount
+        return max(0.0, -self._tokens / self.rate)
+
     def give_back(self) -> None:
         self._tokens = min(self.burst, self._tokens + 1.0)
 

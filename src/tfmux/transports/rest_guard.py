@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from tfmux.transports.admission import AdmissionGate
+from tfmux.transports.admission import AdmissionGate, TokenBucket
 
 log = logging.getLogger("tfmux.rest")
 REFUSAL_LOG_SECONDS = 10.0  # refusals are logged at most this often (a flood is not a log flood)
@@ -48,6 +49,35 @@ LINGER_SECONDS = 5.0  # the longest a body answered early (413) is read and disc
 LINGER_MAX_BYTES = 4 * 1024 * 1024
 
 
+BULK_AFTER = 1024 * 1024  # body bytes of one request read freely; beyond, the bulk budget pays
+BULK_BURST = 32 * 1024 * 1024  # bulk bytes read at full speed after a quiet while
+BULK_LONGEST_HOLD = 1.0  # seconds a connection waits for the budget before it asks again
+
+
+class BudgetedFlow(FlowControl):
+    """uvicorn's flow control, plus a hold while the server's bulk-body budget is in debt:
+    uvicorn resumes reading whenever the application asks for more body, which must not undo
+    the hold."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__(transport)
+        self.held: asyncio.TimerHandle | None = None
+
+    def resume_reading(self) -> None:
+        if self.held is None:
+            super().resume_reading()
+
+    def hold(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        self.pause_reading()
+        self.held = loop.call_later(seconds, self.release)
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.held.cancel()
+            self.held = None
+        super().resume_reading()
+
+
 @dataclass(frozen=True)
 class RestLimits:
     """The REST port's limits; see docs/security.md for defaults and reasons."""
@@ -56,6 +86,7 @@ class RestLimits:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_header_bytes: int = 64 * 1024
+    bulk_bytes_per_second: int = 256 * 1024 * 1024  # 0: no bulk budget
 
 
 def _answer(status: int, reason: str, message: str) -> bytes:
@@ -106,6 +137,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     limits = RestLimits()
     gate: AdmissionGate | None = None  # hears connections closed for abuse (set per server)
+    bulk: TokenBucket | None = None  # the server's bulk-body budget (set per server)
+    holds = 0  # times a connection waited for the bulk budget (per server class)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -115,6 +148,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._field_bytes = 0  # URL and header bytes of the current request
         self._refused = False
         self._discarded = 0  # bytes of a body answered early, read and dropped
+        self._body_bytes = 0  # body bytes of the current request, read so far
         self._guarding: Callable[[], None] | None = None
 
     @classmethod
@@ -159,6 +193,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = BudgetedFlow(transport)
         if len(self.connections) > self.limits.max_connections:
             self._refused = True
             _log_refusal(len(self.connections) - 1, self.limits.max_connections)
@@ -166,6 +201,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if isinstance(self.flow, BudgetedFlow) and self.flow.held is not None:
+            self.flow.held.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -183,6 +220,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._field_bytes = 0
+        self._body_bytes = 0
         if self._guard is None or self._guarding != self._head_timed_out:
             # a further request; the first one's timer runs since the connection was made
             self._arm(self.limits.header_timeout, self._head_timed_out)
@@ -206,9 +244,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.app = _over_capacity
         super().on_headers_complete()
 
+    def _spend(self, size: int) -> None:
+        """Bulk bytes (past ``BULK_AFTER`` in one request, discarded ones included) are paid
+        from the server's budget; in debt, this connection is not read until it is paid (at
+        most ``BULK_LONGEST_HOLD`` at a time), so endless or huge uploads share a bounded rate
+        and cannot take the core from everyone else."""
+        self._body_bytes += size
+        if self.bulk is None or self._body_bytes <= BULK_AFTER:
+            return
+        flow = self.flow
+        wait = self.bulk.spend(size, self.loop.time())
+        if wait > 0 and isinstance(flow, BudgetedFlow) and flow.held is None:
+            flow.hold(self.loop, min(wait, BULK_LONGEST_HOLD))
+            type(self).holds += 1
+
     def on_body(self, body: bytes) -> None:
         if self.transport.is_closing() or self.cycle is None:
             return
+        self._spend(len(body))
         if self.cycle.response_complete:  # discarded, while the linger timer runs
             self._discarded += len(body)
             if self._discarded > LINGER_MAX_BYTES:
