@@ -106,6 +106,7 @@ class FrameReader(ConnectionState):
             end -= _padding(view, start, end)
             start += 1
         stream.body += view[start:end]
+        self.guard.payload(end - start)
         self.budget.received(stream, length, end - start)
         self.budget.give_back(length)
         if len(stream.body) > self._limit:
