@@ -241,6 +241,17 @@ CASES: dict[str, tuple[str, Callable[[Raw], None]]] = {
         "6.9.1",
         stream_error(1, f.FLOW_CONTROL_ERROR, headers(1), raw_frame(f.DATA, 0, 1, b"\0" * 70_000)),
     ),
+    "connection-window-overrun": (
+        "6.9.1",
+        connection_error(
+            f.FLOW_CONTROL_ERROR,
+            headers(1),
+            # 40,000 bytes: the stream window is topped up to 4 MiB, the connection window
+            # (64 KiB on this case's server) given back; then one frame larger than it.
+            raw_frame(f.DATA, 0, 1, b"\0" * 40_000),
+            raw_frame(f.DATA, 0, 1, b"\0" * 70_000),
+        ),
+    ),
     "settings-initial-window-too-large-for-open-stream": (
         "6.9.2",
         connection_error(
@@ -295,6 +306,44 @@ CASES: dict[str, tuple[str, Callable[[Raw], None]]] = {
     "malformed-unknown-pseudo": (
         "8.3",
         stream_error(1, f.PROTOCOL_ERROR, raw_headers(1, [*GOOD, (":status", "200")])),
+    ),
+    "content-length-larger-than-data": (
+        "8.1.1",
+        stream_error(
+            1,
+            f.PROTOCOL_ERROR,
+            headers(1, **{"content-length": "100"}),
+            raw_frame(f.DATA, f.END_STREAM, 1, grpc_message(b"short")),
+        ),
+    ),
+    "content-length-smaller-than-data": (
+        "8.1.1",
+        stream_error(
+            1,
+            f.PROTOCOL_ERROR,
+            headers(1, **{"content-length": "3"}),
+            raw_frame(f.DATA, 0, 1, grpc_message(b"longer")),
+        ),
+    ),
+    "content-length-without-data": (
+        "8.1.1",
+        stream_error(
+            1, f.PROTOCOL_ERROR, headers(1, f.END_HEADERS | f.END_STREAM, **{"content-length": "5"})
+        ),
+    ),
+    "content-length-invalid": (
+        "8.1.1",
+        stream_error(1, f.PROTOCOL_ERROR, headers(1, **{"content-length": "1e3"})),
+    ),
+    "headers-priority-self-dependency": (
+        "5.3.1",
+        stream_error(
+            1,
+            f.PROTOCOL_ERROR,
+            lambda raw: f.frame(
+                f.HEADERS, f.END_HEADERS | f.PRIORITY_FLAG, 1, b"\0\0\0\x01\x10" + raw.block()
+            ),
+        ),
     ),
     "malformed-missing-path": (
         "8.3.1",
@@ -351,6 +400,50 @@ def case_client_goaway_lets_streams_finish(raw: Raw) -> None:
     raw.expect_closed()
 
 
+def case_content_length_matching_is_served(raw: Raw) -> None:
+    """§8.1.1: a request whose content-length equals its DATA is served."""
+    message = grpc_message(b"exact")
+    raw.send(
+        f.frame(f.HEADERS, f.END_HEADERS, 1, raw.block(**{"content-length": str(len(message))})),
+        f.frame(f.DATA, f.END_STREAM, 1, message),
+    )
+    assert raw.status(1)[0] == 0
+
+
+def case_window_update_on_half_closed_stream(raw: Raw) -> None:
+    """§5.1, §6.9: WINDOW_UPDATE on a stream the client has ended is allowed (the server still
+    sends on it): an answer larger than the client's window completes once it is opened."""
+    message = grpc_message(b"w" * 100_000)  # its echo exceeds the client's 65,535-byte windows
+    raw.send(
+        f.frame(f.HEADERS, f.END_HEADERS, 1, raw.block()), f.frame(f.DATA, 0, 1, message[:50_000])
+    )
+    raw.frames(lambda fr: fr[0] == f.WINDOW_UPDATE and fr[2] == 1)  # room for the rest
+    raw.send(f.frame(f.DATA, f.END_STREAM, 1, message[50_000:]))
+    sent = raw.frames(lambda fr: fr[0] == f.DATA)
+    raw.send(f.window_update(1, 100_000), f.window_update(0, 100_000))
+    status, more = raw.status(1)
+    assert status == 0
+    assert sum(len(p) for t, _, _, p in sent + more if t == f.DATA) == len(message)
+
+
+def case_late_reset_and_window_update_ignored(raw: Raw) -> None:
+    """§5.1: RST_STREAM and WINDOW_UPDATE on a stream the server has just ended are ignored
+    (a client's cancel that crossed the answer); the connection carries on."""
+    raw.send(raw.request(1, b"answered"))
+    assert raw.status(1)[0] == 0
+    raw.send(f.rst_stream(1, f.CANCEL), f.window_update(1, 1000), raw.request(3, b"next"))
+    assert raw.status(3)[0] == 0
+
+
+def case_content_type_not_grpc(raw: Raw) -> None:
+    """§8.1 (gRPC over HTTP/2): a POST whose content-type is not application/grpc gets HTTP
+    415, not a reset."""
+    fields = [*GOOD[:4], ("content-type", "application/json")]
+    raw.send(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 1, raw.encoder.encode(fields)))
+    frames = raw.frames(lambda fr: fr[0] == f.HEADERS and fr[2] == 1)
+    assert dict(raw.decoder.decode(frames[-1][3]))[":status"] == "415"
+
+
 def case_not_grpc_gets_an_http_status(raw: Raw) -> None:
     """§8.1 (gRPC over HTTP/2): a request that is not gRPC gets an HTTP status, not a reset."""
     fields = [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "t")]
@@ -366,6 +459,10 @@ for _function in (
     case_frames_fit_the_peers_max_frame_size,
     case_client_goaway_lets_streams_finish,
     case_not_grpc_gets_an_http_status,
+    case_content_length_matching_is_served,
+    case_window_update_on_half_closed_stream,
+    case_late_reset_and_window_update_ignored,
+    case_content_type_not_grpc,
 ):
     _section = re.match(r"§([\d.]+)", _function.__doc__ or "")
     assert _section is not None
@@ -380,9 +477,26 @@ def served() -> Iterator[LimitedServer]:
     server.close()
 
 
+# Cases that need a server with other limits than the shared one.
+OWN_LIMITS: dict[str, dict[str, int]] = {
+    "connection-window-overrun": {"connection_window_bytes": 65_536}
+}
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_rfc9113(served: LimitedServer, name: str) -> None:
     _, check = CASES[name]
+    if name in OWN_LIMITS:
+        served = LimitedServer(**OWN_LIMITS[name])
+        try:
+            _run(served, name, check)
+        finally:
+            served.close()
+    else:
+        _run(served, name, check)
+
+
+def _run(served: LimitedServer, name: str, check: Callable[[Raw], None]) -> None:
     preface = not name.startswith("preface-")
     raw = Raw(served.port, preface=preface)
     try:

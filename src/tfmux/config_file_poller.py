@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
 from tfmux.config import ConfigError, ModelConfig, load_tfs_config
 from tfmux.core.manager import ModelManager
+from tfmux.core.periodic import Periodic
 
 log = logging.getLogger("tfmux.config_poller")
 
@@ -25,19 +25,16 @@ class ModelConfigFilePoller:
     def __init__(self, manager: ModelManager, path: Path, interval: float, load: str) -> None:
         self._manager = manager
         self._path = path
-        self._interval = interval
         self._load = load
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            self.poll_once, interval, "tfmux-model-config-poller", f"polling {path}"
+        )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="tfmux-model-config-poller")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()
 
     async def poll_once(self) -> None:
         """Read the file and serve its models (waits until new models have loaded)."""
@@ -55,11 +52,6 @@ class ModelConfigFilePoller:
             await loop.run_in_executor(None, self._manager.reconfigure, configs)
         except Exception as exc:
             log.error("reloading %s failed: %s", self._path, exc)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.poll_once()
 
 
 def _keep_load_mode(config: ModelConfig, current: ModelConfig | None) -> ModelConfig:

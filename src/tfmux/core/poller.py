@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from tfmux.core.manager import ModelManager
+from tfmux.core.periodic import Periodic
 
 log = logging.getLogger("tfmux.poller")
 
@@ -23,20 +23,15 @@ class RepositoryPoller:
 
     def __init__(self, manager: ModelManager, interval: float, threads: int = 4) -> None:
         self._manager = manager
-        self._interval = interval
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(self.poll_once, interval, "tfmux-repository-poller", "a poll")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="tfmux-repository-poller")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
@@ -54,8 +49,3 @@ class RepositoryPoller:
         for name, result in zip(names, results, strict=True):
             if isinstance(result, Exception):
                 log.warning("refreshing model %s failed: %s", name, result)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.poll_once()

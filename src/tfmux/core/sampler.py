@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
+from tfmux.core.periodic import Periodic
 from tfmux.core.status import StatusBoard
-
-log = logging.getLogger("tfmux.status")
 
 
 class StatusSampler:
@@ -16,24 +11,12 @@ class StatusSampler:
     its event loop, ``stop`` at shutdown. A failing sample is logged; sampling goes on."""
 
     def __init__(self, board: StatusBoard, interval: float = 1.0) -> None:
-        self._board = board
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            board.sample, interval, "tfmux-status-sampler", "sampling the server's status"
+        )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="tfmux-status-sampler")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                self._board.sample()
-            except Exception:
-                log.exception("sampling the server's status failed")
+        await self._periodic.stop()

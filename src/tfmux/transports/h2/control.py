@@ -7,6 +7,7 @@ the reading side.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from tfmux.transports.h2 import frames as f
 from tfmux.transports.h2.budget import ReceiveBudget
@@ -15,6 +16,19 @@ from tfmux.transports.h2.stream import Sender, Stream
 
 UNAVAILABLE = 14
 _SETTINGS_ACK = f.frame(f.SETTINGS, f.ACK, 0)
+
+
+def _due(stream: Stream) -> bool:
+    """The stream's deadline (grpc-timeout) has passed or nearly: the last tenth of its
+    timeout, or 50 ms. A reset then is a client giving up at its deadline, as the server
+    would have answered it anyway (DEADLINE_EXCEEDED), not a reset that frees a stream early
+    (rapid reset): it is counted as a control frame. So are resets of streams already answered
+    (a client's late cancel)."""
+    deadline = stream.deadline
+    if deadline is None:
+        return False
+    slack = max(0.1 * (deadline - stream.opened), 0.05)
+    return time.monotonic() >= deadline - slack
 
 
 class ConnectionState:
@@ -29,9 +43,9 @@ class ConnectionState:
         self.closed_reason: str | None = None
         self.peer = ""
         self.out: list[bytes] | None = None  # collects writes while a read is parsed
-        self.sender = Sender(self._write, self._finish)
-        self.budget = ReceiveBudget(shared, self._write, lambda: self.peer)
         self.guard = FloodGuard(shared.limits)
+        self.sender = Sender(self._write, self._finish, self.guard.payload)
+        self.budget = ReceiveBudget(shared, self._write, lambda: self.peer)
 
     def _on_continuation(self, sid: int, flags: int, payload: bytes) -> None:
         raise NotImplementedError
@@ -52,7 +66,8 @@ class ConnectionState:
             if not flags & f.ACK:
                 self._write(f.frame(f.PING, f.ACK, 0, payload))
         elif ftype == f.RST_STREAM:
-            self.guard.count(RESETS)
+            stream = self.streams.get(sid)
+            self.guard.count(RESETS if stream is not None and not _due(stream) else CONTROL)
             self._on_rst_stream(sid, payload)
         elif ftype == f.CONTINUATION:
             self._on_continuation(sid, flags, payload)
@@ -154,6 +169,7 @@ class ConnectionState:
 
     def _finish(self, stream: Stream) -> None:
         """The sender wrote the stream's last frame."""
+        self.guard.answered()
         if stream.timer is not None:
             stream.timer.cancel()
         if self.streams.pop(stream.id, None) is not None:

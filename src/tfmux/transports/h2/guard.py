@@ -1,6 +1,6 @@
 """What a server's connections share (limits, counters, the server-wide request-byte count),
-and the per-connection flood guard: frames of each costly-but-useless kind counted per window,
-GOAWAY(ENHANCE_YOUR_CALM) past the limit.
+and the per-connection flood guard: frames of each costly-but-useless kind counted per window
+beyond what the connection's useful work earned, GOAWAY(ENHANCE_YOUR_CALM) past the limit.
 """
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ from tfmux.transports.h2.stats import H2Stats
 # Flood kinds: index into FloodGuard's counters.
 RESETS, PINGS, SETTINGS, EMPTY, CONTROL = range(5)
 _NAMES = ("resets", "pings", "settings", "empty_frames", "control_frames")
+# Frames of each kind that useful work earns: per stream answered, and per UNIT_BYTES of DATA
+# payload received or sent. grpcio sends fewer (docs/security.md has the counts). Resets are
+# earned by answers only (a reset per upload would let rapid reset through with a body on each
+# stream); empty frames are never earned (no client needs them).
+UNIT_BYTES = 16 * 1024
+PER_ANSWER = (1.0, 2.0, 1.0, 0.0, 8.0)
+PER_UNIT = (0.0, 1.0, 0.0, 0.0, 4.0)
 
 
 class Shared:
@@ -41,9 +48,14 @@ MAX_RECV_FRAME = 1024 * 1024  # our SETTINGS_MAX_FRAME_SIZE
 
 
 class FloodGuard:
-    """Counts frames by kind in fixed windows; raises once a kind passes its limit."""
+    """Frames of each costly-but-useless kind, counted per window against an allowance: the
+    kind's limit plus what the connection's useful work earned (``PER_ANSWER`` per stream
+    answered, ``PER_UNIT`` per ``UNIT_BYTES`` of DATA payload either way): a busy client sends
+    WINDOW_UPDATEs, PINGs and resets in proportion to its work, a flood does not. Past the
+    allowance: ``H2Error`` (GOAWAY ENHANCE_YOUR_CALM). The work of the window before counts
+    too (as its average rate), so a window that begins mid-transfer does not trip."""
 
-    __slots__ = ("_counts", "_limits", "_start", "_window")
+    __slots__ = ("_answered", "_bytes", "_carry", "_counts", "_limits", "_start", "_window")
 
     def __init__(self, limits: H2Limits) -> None:
         self._limits = (
@@ -56,21 +68,53 @@ class FloodGuard:
         self._window = limits.flood_window_seconds
         self._counts = [0, 0, 0, 0, 0]
         self._start = time.monotonic()
+        self._answered = 0  # streams answered in this window
+        self._bytes = 0  # DATA payload bytes received and sent in this window
+        self._carry = (0.0, 0.0)  # answers and units of bytes of the window before
 
     def count(self, kind: int) -> None:
         counts = self._counts
         counts[kind] += 1
-        if counts[kind] <= self._limits[kind]:
-            return
+        if counts[kind] > self._limits[kind]:
+            self._over(kind)
+
+    def counted(self, kind: int) -> int:
+        """Frames of ``kind`` counted in this window."""
+        return self._counts[kind]
+
+    def answered(self) -> None:
+        """A stream's answer was written in full."""
+        self._answered += 1
+
+    def payload(self, length: int) -> None:
+        """``length`` bytes of DATA payload were received or sent."""
+        self._bytes += length
+
+    def allowed(self, kind: int) -> float:
+        """Frames of ``kind`` this window allows: the limit plus what work earned."""
+        answers = self._answered + self._carry[0]
+        units = self._bytes / UNIT_BYTES + self._carry[1]
+        return self._limits[kind] + PER_ANSWER[kind] * answers + PER_UNIT[kind] * units
+
+    def _over(self, kind: int) -> None:
         now = time.monotonic()
-        if now - self._start >= self._window:  # a new window: this frame is its first
+        elapsed = now - self._start
+        if elapsed >= self._window:  # a new window: this frame is its first
+            share = self._window / elapsed  # the last window's work, as a rate
+            self._carry = (self._answered * share, self._bytes / UNIT_BYTES * share)
             self._start = now
             self._counts = [0, 0, 0, 0, 0]
             self._counts[kind] = 1
+            self._answered = self._bytes = 0
+            return
+        count = self._counts[kind]
+        allowed = self.allowed(kind)
+        if count <= allowed:
             return
         name = _NAMES[kind]
         raise f.H2Error(
             f.ENHANCE_YOUR_CALM,
-            f"more than {self._limits[kind]} {name.replace('_', ' ')} in {self._window:g} s",
+            f"{count} {name.replace('_', ' ')} in {elapsed:.1f} s: more than {self._limits[kind]}"
+            f" beyond what the connection's work earned ({allowed:.0f} allowed)",
             reason=f"flood_{name}",
         )

@@ -36,7 +36,16 @@ class RequestHead:
     """The parts of a request's headers the server uses. Shared by every call whose header
     block was byte-identical, so it is never mutated after parsing."""
 
-    __slots__ = ("_metadata", "encoding", "headers", "malformed", "path", "problem", "timeout")
+    __slots__ = (
+        "_metadata",
+        "content_length",
+        "encoding",
+        "headers",
+        "malformed",
+        "path",
+        "problem",
+        "timeout",
+    )
 
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.headers = headers
@@ -45,6 +54,7 @@ class RequestHead:
         self.encoding: bytes | None = None
         self.problem: int | None = None  # an HTTP status for requests that are not gRPC
         self.malformed = _malformed(headers)  # RFC 9113 §8.1.1: answered RST(PROTOCOL_ERROR)
+        self.content_length: int | None = None  # the DATA bytes the request must carry
         self._metadata: Metadata | None = None
         method = content_type = path = None
         for name, value in headers:
@@ -58,6 +68,11 @@ class RequestHead:
                 self.timeout = parse_timeout(value)
             elif name == b"grpc-encoding":
                 self.encoding = value
+            elif name == b"content-length":
+                length = int(value) if value.isdigit() and len(value) <= 18 else -1
+                if length < 0 or self.content_length not in (None, length):
+                    self.malformed = True  # not a number, or two that differ (RFC 9110 §8.6)
+                self.content_length = length
         if path is None:
             self.problem = 400
         elif method != b"POST":

@@ -60,16 +60,19 @@ class H2Limits(BaseModel):
     write_buffer_high_bytes: int = Field(
         default=1 * MiB, ge=16 * KiB, description="unsent bytes at which a client stops being read"
     )
-    # Floods: frames of each kind a connection may send per flood window.
+    # Floods: frames of each kind a connection may send per flood window beyond what its
+    # useful work earned (streams answered, DATA bytes; guard.PER_ANSWER and guard.PER_UNIT).
     flood_window_seconds: float = Field(default=10.0, gt=0)
-    max_resets: int = Field(default=1000, ge=1, description="RST_STREAM frames per window")
-    max_pings: int = Field(default=1000, ge=1, description="PING frames per window")
-    max_settings: int = Field(default=100, ge=1, description="SETTINGS frames per window")
+    max_resets: int = Field(
+        default=1000, ge=1, description="RST_STREAM of streams in progress, beyond answers"
+    )
+    max_pings: int = Field(default=1000, ge=1, description="PING frames, beyond those earned")
+    max_settings: int = Field(default=100, ge=1, description="SETTINGS, beyond those earned")
     max_empty_frames: int = Field(
         default=100, ge=1, description="empty DATA/HEADERS/CONTINUATION without an end flag"
     )
     max_control_frames: int = Field(
-        default=10_000, ge=1, description="WINDOW_UPDATE, PRIORITY, ACKs, unknown types"
+        default=10_000, ge=1, description="WINDOW_UPDATE, PRIORITY, ACKs, unknown, beyond earned"
     )
     # Compressed requests.
     inflate_threads: int = Field(

@@ -18,6 +18,7 @@ RESOURCE_EXHAUSTED = 8
 # (HPACK decoding, a new stream) 16 more. A read of many small frames is parsed in slices.
 SLICE_WORK = 512
 _HEADER_WORK = 16
+_SELF_DEPENDENT = 0x100  # beyond the 8 flag bits: HEADERS whose priority names its own stream
 
 
 class FrameReader(ConnectionState):
@@ -106,9 +107,13 @@ class FrameReader(ConnectionState):
             end -= _padding(view, start, end)
             start += 1
         stream.body += view[start:end]
+        self.guard.payload(end - start)
         self.budget.received(stream, length, end - start)
         self.budget.give_back(length)
-        if len(stream.body) > self._limit:
+        declared = stream.head.content_length
+        if declared is not None and len(stream.body) > declared:
+            self._reset(stream, f.PROTOCOL_ERROR)  # more DATA than content-length says
+        elif len(stream.body) > self._limit:
             detail = (
                 f"Received message larger than max ({len(stream.body) - 5} vs. {self._limit - 5})"
             )
@@ -122,6 +127,10 @@ class FrameReader(ConnectionState):
     def _complete(self, stream: Stream) -> None:
         """The request is in: the application takes its bytes once the read is parsed (a
         stream reset in the same read never starts its handler: rapid reset costs less)."""
+        declared = stream.head.content_length
+        if declared is not None and declared != len(stream.body):
+            self._reset(stream, f.PROTOCOL_ERROR)  # RFC 9113 §8.1.1: malformed
+            return
         stream.received_all = True
         self.budget.release(stream, self.streams)
         self._ready.append(stream)
@@ -141,6 +150,8 @@ class FrameReader(ConnectionState):
             end -= _padding(view, start, end)
             start += 1
         if flags & f.PRIORITY_FLAG:
+            if end - start >= 4 and f.u32(bytes(view[start : start + 4])) & 0x7FFFFFFF == sid:
+                flags |= _SELF_DEPENDENT  # decoded all the same (HPACK state), then reset
             start += 5
         if end < start:
             raise f.H2Error(f.PROTOCOL_ERROR, "HEADERS shorter than its padding and priority")
@@ -190,7 +201,7 @@ class FrameReader(ConnectionState):
         if self.going_away:
             self._write(f.rst_stream(sid, f.REFUSED_STREAM))
             return
-        if head.malformed:
+        if head.malformed or flags & _SELF_DEPENDENT:
             self._write(f.rst_stream(sid, f.PROTOCOL_ERROR))
             return
         limit = self._refusal()

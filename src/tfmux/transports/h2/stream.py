@@ -78,9 +78,15 @@ class Stream:
 class Sender:
     """The connection's send windows and the streams waiting for them."""
 
-    def __init__(self, write: Callable[[bytes], None], finish: Callable[[Stream], None]) -> None:
+    def __init__(
+        self,
+        write: Callable[[bytes], None],
+        finish: Callable[[Stream], None],
+        sent: Callable[[int], None] = lambda length: None,
+    ) -> None:
         self._write = write
         self._finish = finish
+        self._sent = sent  # told the DATA payload bytes written
         self.window = f.DEFAULT_WINDOW  # connection-level send window
         self.initial_window = f.DEFAULT_WINDOW  # peer's SETTINGS_INITIAL_WINDOW_SIZE
         self.max_frame = f.DEFAULT_MAX_FRAME  # peer's SETTINGS_MAX_FRAME_SIZE
@@ -104,6 +110,7 @@ class Sender:
         if size <= self.max_frame and size <= stream.window and size <= self.window:
             stream.window -= size
             self.window -= size
+            self._sent(size)
             self._write(
                 b"".join(
                     (
@@ -171,6 +178,7 @@ class Sender:
             data = data[n:]
             stream.window -= n
             self.window -= n
+            self._sent(n)
         if not data:
             out.append(stream.tail)
             stream.pending = None
