@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 import hpack
 
+from tfmux.transports.admission import AdmissionLimits
 from tfmux.transports.h2 import H2GrpcServer
 from tfmux.transports.h2 import frames as f
 from tfmux.transports.h2.limits import H2Limits
@@ -29,6 +30,9 @@ async def hang(request: bytes, context: Any) -> bytes:
     return b""
 
 
+UNTHROTTLED = AdmissionLimits(abuse_burst=1_000_000)
+
+
 class LimitedServer:
     """tfmux's own gRPC server with ``limits`` (an echo and a hanging method)."""
 
@@ -36,7 +40,9 @@ class LimitedServer:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.server = H2GrpcServer(max_message, H2Limits(**limits))
+        # These tests break limits on connection after connection on purpose: admission's
+        # throttling after abuse (tested in test_admission.py) would refuse their newcomers.
+        self.server = H2GrpcServer(max_message, H2Limits(**limits), admission=UNTHROTTLED)
         handlers = {
             "echo": grpc.unary_unary_rpc_method_handler(echo),
             "hang": grpc.unary_unary_rpc_method_handler(hang),

@@ -27,7 +27,7 @@ from tfmux.transports.h2 import H2GrpcServer
 from tfmux.transports.h2 import frames as f
 from tfmux.transports.h2.limits import H2Limits
 
-from .h2util import LimitedServer, Raw, echo, grpc_message, hang
+from .h2util import UNTHROTTLED, LimitedServer, Raw, echo, grpc_message, hang
 
 ALLOWED_GOAWAY = {
     f.NO_ERROR,
@@ -91,7 +91,7 @@ class Failures(logging.Handler):
 @pytest.fixture(scope="module")
 def harness() -> Iterator[tuple[asyncio.AbstractEventLoop, H2GrpcServer, Failures]]:
     loop = asyncio.new_event_loop()
-    server = H2GrpcServer(1 << 20, H2Limits(max_concurrent_streams=16))
+    server = H2GrpcServer(1 << 20, H2Limits(max_concurrent_streams=16), admission=UNTHROTTLED)
     handlers = {
         "echo": grpc.unary_unary_rpc_method_handler(echo),
         "hang": grpc.unary_unary_rpc_method_handler(hang),
