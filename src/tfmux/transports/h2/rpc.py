@@ -101,7 +101,9 @@ class GrpcDispatcher:
         self.max_message = shared.max_message
         self.connections: set[H2Connection] = set()
         self._inflater = ThreadPoolExecutor(
-            shared.limits.inflate_threads, thread_name_prefix="tfmux-inflate"
+            shared.limits.inflate_threads,
+            thread_name_prefix="tfmux-inflate",
+            initializer=lower_priority,
         )
         self._idle = asyncio.Event()
         self._idle.set()
