@@ -30,6 +30,12 @@ class StatusSampler:
                 await self._task
             self._task = None
 
+    def cancel(self) -> None:
+        """Stop without waiting, from synchronous code (a cluster replica torn down)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)

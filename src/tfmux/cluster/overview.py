@@ -1,0 +1,333 @@
+"""The cluster's status, merged from what each replica reports: pure functions over readings.
+
+Each replica keeps its own status board (a whole tfmux core); the gateway asks every replica
+(``cluster/status.py``) and merges here. The single-process shapes stay as they are; the
+cluster adds fields: ``replicas`` on the overview (one row per replica) and on each model
+and version (which replicas hold it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+
+from tfmux.cluster.placement import STATE_RANK, ReplicaSnapshot
+from tfmux.config import ModelConfig
+from tfmux.core.events import Event
+from tfmux.core.status import ArmRow, HistoryReport, ModelRow, Overview, VersionRow
+from tfmux.core.traffic import Routing
+from tfmux.types import VersionStatus
+
+HOLDING = ("AVAILABLE", "LOADING", "UNLOADING")  # a replica holds a version in these states
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One replica as the gateway last read it: ``overview`` None when it did not answer
+    (``error`` says why; ``snapshot`` is then the router's last report of it)."""
+
+    snapshot: ReplicaSnapshot
+    overview: Overview | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One replica holding a version: its state and memory there."""
+
+    replica: str
+    node: str
+    state: str
+    memory_bytes: int | None
+
+
+@dataclass(frozen=True)
+class ReplicaRow:
+    replica: str
+    node: str
+    state: str  # "up", or "unreachable" (its other fields: its last report)
+    message: str
+    memory_used_bytes: int
+    memory_budget_bytes: int | None
+    models: list[str]  # "name:version" for every version AVAILABLE there
+    inflight: int  # requests the gateway has in flight on it
+    requests: int  # requests it answered through this gateway
+    misses: int  # of those, how many had to load their model first
+    requests_per_second: float  # its last minute
+
+
+@dataclass(frozen=True)
+class ClusterVersionRow(VersionRow):
+    replicas: list[Placement]
+
+
+@dataclass(frozen=True)
+class ClusterModelRow(ModelRow):
+    replicas: list[str]  # replicas holding any version
+
+
+@dataclass(frozen=True)
+class ClusterOverview(Overview):
+    replicas: list[ReplicaRow]
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """What only the gateway knows: configuration, routing, its own counters."""
+
+    models: Sequence[ModelConfig]
+    routing: Mapping[str, Routing]
+    served: Mapping[tuple[str, bool], int]  # (replica, hit) -> requests
+    inflight: Mapping[str, int]
+    management_enabled: bool
+    admin_token_required: bool
+
+
+def merge_overview(
+    readings: Sequence[Reading], gateway: Gateway, events: list[Event], now: float
+) -> ClusterOverview:
+    per_model = _rows_by_model(readings)
+    configs = {c.name: c for c in gateway.models}
+    names = sorted(set(configs) | set(per_model))
+    models: list[ModelRow] = [
+        _model(name, configs.get(name), per_model.get(name, []), gateway) for name in names
+    ]
+    answered = [r.overview for r in readings if r.overview is not None]
+    budgets = [r.snapshot.budget_bytes for r in readings if r.snapshot.budget_bytes is not None]
+    unbounded = not readings or len(budgets) < len(readings)  # one replica without a budget
+    return ClusterOverview(
+        time=now,
+        window_seconds=max((o.window_seconds for o in answered), default=0.0),
+        memory_used_bytes=sum(r.snapshot.used_bytes for r in readings),
+        memory_budget_bytes=None if unbounded else sum(budgets),
+        management_enabled=gateway.management_enabled,
+        admin_token_required=gateway.admin_token_required,
+        models=models,
+        events=sorted(events, key=lambda e: (e.time, e.id)),
+        replicas=[_replica(r, gateway) for r in readings],
+    )
+
+
+# One replica's view of one model: (replica, node, its ModelRow or None, its versions).
+_Seen = tuple[str, str, ModelRow | None, list[VersionRow]]
+
+
+def _rows_by_model(readings: Sequence[Reading]) -> dict[str, list[_Seen]]:
+    out: dict[str, list[_Seen]] = {}
+    for reading in readings:
+        snap = reading.snapshot
+        if reading.overview is not None:
+            for row in reading.overview.models:
+                out.setdefault(row.name, []).append((snap.replica, snap.node, row, row.versions))
+        else:  # unreachable: what its last report said it holds
+            for name, statuses in snap.models.items():
+                rows = [_from_status(s) for s in statuses]
+                out.setdefault(name, []).append((snap.replica, snap.node, None, rows))
+    return out
+
+
+def _model(
+    name: str, config: ModelConfig | None, seen: list[_Seen], gateway: Gateway
+) -> ClusterModelRow:
+    by_version: dict[int, list[tuple[str, str, VersionRow]]] = {}
+    for replica, node, _, listed in seen:
+        for v in listed:
+            by_version.setdefault(v.version, []).append((replica, node, v))
+    versions = [_version(by_version[v]) for v in sorted(by_version, reverse=True)]
+    rows = [row for _, _, row, _ in seen if row is not None]
+    routing = gateway.routing.get(name)
+    labels = dict(routing.labels) if routing is not None else {}
+    rates = {v.version: v.requests_per_second for v in versions}
+    arms = []
+    if routing is not None:
+        for arm, weight in routing.split.weights.items():
+            number = labels.get(arm, int(arm) if arm.isdigit() else None)
+            # An arm's rate is its version's: replicas see versions, not arms.
+            arms.append(
+                ArmRow(arm, weight, number, rates.get(number, 0.0) if number is not None else 0.0)
+            )
+    holders = sorted({p.replica for v in versions for p in v.replicas})
+    return ClusterModelRow(
+        name=name,
+        pinned=config.pinned if config is not None else any(r.pinned for r in rows),
+        load=config.load if config is not None else "lazy",
+        unloaded=bool(rows) and all(r.unloaded for r in rows),
+        problem=next((r.problem for r in rows if r.problem is not None), None),
+        labels=labels,
+        arms=arms,
+        shadow=None,
+        versions=list[VersionRow](versions),
+        replicas=holders,
+    )
+
+
+def _version(seen: list[tuple[str, str, VersionRow]]) -> ClusterVersionRow:
+    """One version across replicas: the best state any holds it in (or the first failure),
+    memory summed where AVAILABLE, rates summed, latency and batch size weighted by rate
+    (p99: the worst replica's)."""
+    best = min(seen, key=lambda item: (STATE_RANK.get(item[2].state, 9), item[0]))[2]
+    if best.state == "END":
+        best = next((v for _, _, v in seen if v.error_code != "OK"), best)
+    rows = [v for _, _, v in seen]
+    loaded = [v for v in rows if v.state == "AVAILABLE"]
+    memory = [v.memory_bytes for v in loaded if v.memory_bytes is not None]
+    idle = [v.last_used_seconds_ago for v in rows if v.last_used_seconds_ago is not None]
+    placements = [
+        Placement(replica, node, v.state, v.memory_bytes)
+        for replica, node, v in sorted(seen, key=lambda item: item[0])
+        if v.state in HOLDING
+    ]
+    values = {f.name: getattr(best, f.name) for f in fields(VersionRow)}
+    values.update(
+        evicted=all(v.evicted for v in rows),
+        memory_bytes=sum(memory) if memory else best.memory_bytes,
+        memory_measured=all(v.memory_measured for v in loaded) if loaded else best.memory_measured,
+        last_used_seconds_ago=min(idle) if idle else None,
+        queue_depth=sum(v.queue_depth for v in rows),
+        requests_per_second=round(sum(v.requests_per_second for v in rows), 3),
+        error_rate=_weighted(rows, "error_rate"),
+        p50_ms=_weighted(rows, "p50_ms"),
+        p99_ms=max((v.p99_ms for v in rows if v.p99_ms is not None), default=None),
+        mean_batch_size=_weighted(rows, "mean_batch_size"),
+    )
+    return ClusterVersionRow(**values, replicas=placements)
+
+
+def _weighted(rows: Iterable[VersionRow], key: str) -> float | None:
+    pairs: list[tuple[float, float]] = [
+        (value, v.requests_per_second) for v in rows if (value := getattr(v, key)) is not None
+    ]
+    if not pairs:
+        return None
+    total = sum(rate for _, rate in pairs)
+    if total <= 0:
+        return round(sum(value for value, _ in pairs) / len(pairs), 3)
+    return round(sum(value * rate for value, rate in pairs) / total, 3)
+
+
+def _from_status(s: VersionStatus) -> VersionRow:
+    """A version as a replica's snapshot reports it (no traffic figures: it did not answer)."""
+    return VersionRow(
+        version=s.version,
+        state=s.state,
+        error_code=s.error_code,
+        error_message=s.error_message,
+        evicted=False,
+        memory_bytes=s.memory_bytes,
+        memory_measured=s.memory_measured,
+        last_used_seconds_ago=None,
+        load_seconds=None,
+        queue_depth=0,
+        requests_per_second=0.0,
+        error_rate=None,
+        p50_ms=None,
+        p99_ms=None,
+        mean_batch_size=None,
+    )
+
+
+def _replica(reading: Reading, gateway: Gateway) -> ReplicaRow:
+    snap = reading.snapshot
+    resident = [
+        f"{name}:{s.version}"
+        for name, statuses in sorted(snap.models.items())
+        for s in statuses
+        if s.state == "AVAILABLE"
+    ]
+    hits = gateway.served.get((snap.replica, True), 0)
+    misses = gateway.served.get((snap.replica, False), 0)
+    rate = 0.0
+    if reading.overview is not None:
+        rate = sum(v.requests_per_second for m in reading.overview.models for v in m.versions)
+    return ReplicaRow(
+        replica=snap.replica,
+        node=snap.node,
+        state="up" if reading.overview is not None else "unreachable",
+        message=reading.error or "",
+        memory_used_bytes=snap.used_bytes,
+        memory_budget_bytes=snap.budget_bytes,
+        models=resident,
+        inflight=gateway.inflight.get(snap.replica, 0),
+        requests=hits + misses,
+        misses=misses,
+        requests_per_second=round(rate, 3),
+    )
+
+
+def busiest(overview: Overview, count: int) -> list[str]:
+    """The ``count`` models with the most requests over the last minute, cluster-wide."""
+    totals = {m.name: sum(v.requests_per_second for v in m.versions) for m in overview.models}
+    ranked = sorted((n for n, t in totals.items() if t > 0), key=lambda n: (-totals[n], n))
+    return ranked[:count]
+
+
+def merge_history(
+    reports: Sequence[HistoryReport], top: list[str], resolution: float = 5.0, points: int = 180
+) -> HistoryReport:
+    """The replicas' series added point by point (aligned at each one's newest point): rates,
+    memory, queues, loads and evictions summed; error rate, p50 and batch size weighted by
+    rate; p99 the worst replica's."""
+    if reports:
+        resolution, points = reports[0].resolution_seconds, reports[0].points
+    overall: dict[str, list[float | None]] = {}
+    for report in reports:
+        for key, values in report.overall.items():
+            overall[key] = _add(overall.get(key), values)
+    names = sorted({name for report in reports for name in report.models})
+    models = {
+        name: _model_series([r.models[name] for r in reports if name in r.models]) for name in names
+    }
+    ends = [r.end_time for r in reports if r.end_time is not None]
+    return HistoryReport(
+        resolution_seconds=resolution,
+        points=points,
+        end_time=max(ends) if ends else None,
+        busiest=top,
+        overall=overall,
+        models=models,
+    )
+
+
+def _add(total: list[float | None] | None, values: list[float | None]) -> list[float | None]:
+    if total is None:
+        return list(values)
+    return [
+        b if a is None else a if b is None else a + b for a, b in zip(total, values, strict=True)
+    ]
+
+
+def _model_series(series: list[dict[str, list[float | None]]]) -> dict[str, list[float | None]]:
+    if len(series) == 1:
+        return series[0]
+    rates = [s["requests_per_second"] for s in series]
+    out: dict[str, list[float | None]] = {"requests_per_second": _sum_all(rates)}
+    for key in ("error_rate", "p50_ms", "mean_batch_size"):
+        out[key] = [
+            _weighted_point([s[key][i] for s in series], [r[i] for r in rates])
+            for i in range(len(rates[0]))
+        ]
+    out["p99_ms"] = [_max_point([s["p99_ms"][i] for s in series]) for i in range(len(rates[0]))]
+    out["queue_depth"] = _sum_all([s["queue_depth"] for s in series])
+    return out
+
+
+def _sum_all(columns: list[list[float | None]]) -> list[float | None]:
+    total: list[float | None] | None = None
+    for values in columns:
+        total = _add(total, values)
+    return total or []
+
+
+def _weighted_point(values: list[float | None], rates: list[float | None]) -> float | None:
+    pairs = [(v, r or 0.0) for v, r in zip(values, rates, strict=True) if v is not None]
+    if not pairs:
+        return None
+    weight = sum(r for _, r in pairs)
+    if weight <= 0:
+        return sum(v for v, _ in pairs) / len(pairs)
+    return sum(v * r for v, r in pairs) / weight
+
+
+def _max_point(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
