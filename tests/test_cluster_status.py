@@ -180,6 +180,23 @@ def test_replicas_come_and_go_and_traffic_moves_are_events(cluster: Cluster) -> 
     assert any(m.startswith("split none") for m in messages)
 
 
+def test_stopping_cancels_the_reads_in_flight(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cluster_status, "STATUS_TIMEOUT", 30.0)
+
+    async def scenario() -> None:
+        status = cluster.status()
+        reading = asyncio.ensure_future(status.readings())  # r4 hangs: the read waits
+        while not cluster.asked[("r4", "status_report")]:
+            await asyncio.sleep(0.01)
+        await status.stop()  # the gateway stops: the read is not left running
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
 def test_merged_history_adds_rates_and_keeps_the_worst_p99() -> None:
     def report(rate: float, p99: float | None, memory: float) -> HistoryReport:
         series: dict[str, list[float | None]] = {

@@ -315,7 +315,9 @@ class ClusterService:
         return routing
 
     async def stop_shadows(self) -> None:
-        return None
+        """No shadows here; the server calls this on its loop before ``close``, so the status
+        reads still in flight stop with it."""
+        await self.cluster_status.stop()
 
     def close(self, timeout: float | None = None) -> bool:
         """Nothing runs here: the replicas own their models (Serve stops them)."""

@@ -53,6 +53,13 @@ class _Shared(Generic[T]):
             pending.add_done_callback(lambda _: self._pending.pop(key, None))
         return await asyncio.shield(pending)
 
+    async def stop(self) -> None:
+        """Cancel the reads in flight (each is bounded by the timeout anyway)."""
+        pending = list(self._pending.values())
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
     async def _fill(self, key: Hashable, make: Callable[[], Awaitable[T]]) -> T:
         value = await make()
         now = time.monotonic()
@@ -105,6 +112,11 @@ class ClusterStatus:
     async def events_after(self, after: int) -> list[Event]:
         await self.readings()  # brings the replicas' new events in
         return self.events.after(after)
+
+    async def stop(self) -> None:
+        """The gateway is stopping: no read of the replicas outlives it."""
+        await self._readings.stop()
+        await self._histories.stop()
 
     def traffic_changed(self, name: str, before: Routing | None, after: Routing) -> None:
         """A label or split moved at the gateway (where the cluster's routing lives)."""

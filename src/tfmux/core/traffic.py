@@ -126,6 +126,13 @@ class TrafficTable:
             routing = self._models.get(name)
         return None if routing is None else routing.labels.get(label)
 
+    def labelled(self, name: str, label: str) -> int:
+        """The version ``label`` names (NOT_FOUND when it names none), for every service."""
+        version = self.label_version(name, label)
+        if version is None:
+            raise not_found(f"Unknown label '{label}' of model {name}")
+        return version
+
     def route(self, ref: ModelRef) -> Route:
         """Apply the alias and the model's split to a request that names only the model."""
         if ref.version is not None or ref.label is not None:
