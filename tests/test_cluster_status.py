@@ -14,9 +14,10 @@ import orjson
 import pytest
 
 from tfmux.cluster import status as cluster_status
-from tfmux.cluster.overview import Gateway, merge_history
+from tfmux.cluster.overview import Gateway
 from tfmux.cluster.placement import ReplicaSnapshot
 from tfmux.cluster.replica import Answer, Forwarded, ReplicaCore
+from tfmux.cluster.series import merge_history
 from tfmux.cluster.status import ClusterStatus
 from tfmux.config import ModelConfig, ServerConfig
 from tfmux.core.routing import Split

@@ -11,15 +11,9 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
-from tfmux.cluster.overview import (
-    ClusterOverview,
-    Gateway,
-    Reading,
-    busiest,
-    merge_history,
-    merge_overview,
-)
+from tfmux.cluster.overview import ClusterOverview, Gateway, Reading, busiest, merge_overview
 from tfmux.cluster.placement import ReplicaSnapshot
+from tfmux.cluster.series import merge_history
 from tfmux.core.events import Event, EventLog, Routes, Snapshot, compare
 from tfmux.core.status import RECENT_EVENTS, HistoryReport
 from tfmux.core.traffic import Routing
