@@ -110,6 +110,7 @@ def test_the_dashboard_shows_replicas_and_where_models_live(gateway: BackgroundG
                 "#replicas tbody tr[data-replica]", "rows => rows.map(r => r.dataset.replica)"
             )
             assert sorted(shown) == replicas
+            assert f"{len(replicas)} replicas" in page.inner_text("#summary")
             row = page.locator(f"#replicas tbody tr[data-replica='{served}']")
             assert "up" in row.inner_text() and "twin_0:1" in row.inner_text()
             assert page.is_visible("#models th[data-key='replicas']")

@@ -386,7 +386,12 @@ function render() {
   const o = state.overview;
   const failed = o.models.filter((m) => m.versions.some((v) => v.error_code !== "OK")).length;
   const loaded = o.models.filter((m) => m.versions.some((v) => v.state === "AVAILABLE")).length;
-  $("#summary").textContent = `${o.models.length} models, ${loaded} loaded${failed ? `, ${failed} failed` : ""}`;
+  let replicas = "";
+  if (o.replicas) {
+    const away = o.replicas.filter((r) => r.state !== "up").length;
+    replicas = `, ${o.replicas.length} replicas${away ? ` (${away} unreachable)` : ""}`;
+  }
+  $("#summary").textContent = `${o.models.length} models, ${loaded} loaded${failed ? `, ${failed} failed` : ""}${replicas}`;
   $("#updated").textContent = `updated ${new Date(o.time * 1000).toLocaleTimeString("en-GB")}`;
   renderReplicas();
   renderTable();
