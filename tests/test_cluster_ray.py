@@ -326,6 +326,11 @@ def test_autoscaling_adds_replicas_under_load(ray_cluster: object, twin_root: Pa
 
         sent = asyncio.run(load())
         assert len(router.replica_ids()) == 2, f"no replica added after {sent} requests"
+        # The status API shows the added replica beside the first.
+        status = httpx.get(f"{gw.url}/status", timeout=30)
+        assert status.status_code == 200, status.text
+        shown = {r["replica"] for r in status.json()["replicas"]}
+        assert shown == set(router.replica_ids())
 
 
 def _kill_during_traffic(
