@@ -4,6 +4,7 @@ fresh and read while shared, and how many status calls reach the replicas while 
 poll at once. Prints JSON.
 
     python -m benchmarks.cluster_status --model-repository /tmp/bench-models [--models 24]
+    python -m benchmarks.cluster_status --merge-only   # merging 1,000 models, no cluster
 
 The models are copies of benchmarks.models' ``tiny`` model (as in benchmarks.cluster), each
 placed on a replica by one request before measuring.
@@ -98,13 +99,49 @@ def measure(gw: BackgroundGateway, pages: int, seconds: float) -> dict[str, Any]
     }
 
 
+def merge_cost(models: int, replicas: int) -> dict[str, Any]:
+    """The gateway's event-loop time to merge one read: ``replicas`` overviews listing
+    ``models`` models each (every replica lists every model; each holds an equal share)."""
+    from tfmux.cluster.overview import Gateway, Reading, merge_overview
+    from tfmux.cluster.placement import ReplicaSnapshot
+    from tfmux.core.status import ModelRow, Overview, VersionRow
+
+    def version(state: str) -> VersionRow:
+        return VersionRow(
+            1, state, "OK", "", False, MiB, True, 1.0, 0.1, 0, 2.0, 0.0, 1.0, 2.0, 1.0
+        )
+
+    readings = []
+    for r in range(replicas):
+        rows = [
+            ModelRow(f"m{i}", False, "lazy", False, None, {}, [], None,
+                     [version("AVAILABLE" if i % replicas == r else "START")])
+            for i in range(models)
+        ]  # fmt: skip
+        overview = Overview(0.0, 60.0, MiB, None, True, False, rows, [])
+        readings.append(Reading(ReplicaSnapshot(f"r{r}", f"n{r}"), overview))
+    gateway = Gateway([], {}, {}, {}, True, False)
+    runs = []
+    for _ in range(5):
+        started = time.perf_counter()
+        merge_overview(readings, gateway, [], 0.0)
+        runs.append(time.perf_counter() - started)
+    return {"models": models, "replicas": replicas, "merge": milliseconds(runs)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-repository", type=Path, required=True)
+    parser.add_argument("--model-repository", type=Path)
+    parser.add_argument(
+        "--merge-only", action="store_true", help="only the merge's cost, at 1,000 models"
+    )
     parser.add_argument("--models", type=int, default=24)
     parser.add_argument("--pages", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
+    if args.merge_only or args.model_repository is None:
+        print(json.dumps([merge_cost(1000, n) for n in (2, 4, 8)], indent=2))
+        return
     built = build_all(args.model_repository)
     models = small_models(args.model_repository / "cluster", built["tiny"], args.models)
     config = ServerConfig(

@@ -9,7 +9,7 @@ and version (which replicas hold it).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from tfmux.cluster.placement import STATE_RANK, ReplicaSnapshot
 from tfmux.config import ModelConfig
@@ -164,7 +164,11 @@ def _model(
 def _version(seen: list[tuple[str, str, VersionRow]]) -> ClusterVersionRow:
     """One version across replicas: the best state any holds it in (or the first failure),
     memory summed where AVAILABLE, rates summed, latency and batch size weighted by rate
-    (p99: the worst replica's)."""
+    (p99: the worst replica's). Replicas that list it without ever having loaded it (idle in
+    START: every replica lists every model) add nothing, so they are left out first: a
+    cluster of many replicas and models merges in time proportional to what is loaded."""
+    loaded_somewhere = [item for item in seen if _active(item[2])]
+    seen = loaded_somewhere or [min(seen, key=lambda item: item[0])]
     best = min(seen, key=lambda item: (STATE_RANK.get(item[2].state, 9), item[0]))[2]
     if best.state == "END":
         best = next((v for _, _, v in seen if v.error_code != "OK"), best)
@@ -177,7 +181,7 @@ def _version(seen: list[tuple[str, str, VersionRow]]) -> ClusterVersionRow:
         for replica, node, v in sorted(seen, key=lambda item: item[0])
         if v.state in HOLDING
     ]
-    values = {f.name: getattr(best, f.name) for f in fields(VersionRow)}
+    values = dict(vars(best))  # a VersionRow's fields (a replica sends plain VersionRows)
     values.update(
         evicted=all(v.evicted for v in rows),
         memory_bytes=sum(memory) if memory else best.memory_bytes,
@@ -191,6 +195,10 @@ def _version(seen: list[tuple[str, str, VersionRow]]) -> ClusterVersionRow:
         mean_batch_size=_weighted(rows, "mean_batch_size"),
     )
     return ClusterVersionRow(**values, replicas=placements)
+
+
+def _active(v: VersionRow) -> bool:
+    return v.state != "START" or v.requests_per_second > 0 or v.queue_depth > 0
 
 
 def _weighted(rows: Iterable[VersionRow], key: str) -> float | None:

@@ -213,10 +213,10 @@ class ClusterService:
     # -- status: the replicas' status boards, merged (cluster/status.py) -----------------------
 
     async def overview(self) -> ClusterOverview:
-        return await self.cluster_status.overview(self._gateway_view())
+        return await self.cluster_status.overview(self._gateway_view)
 
     async def history(self, models: Sequence[str] = (), busiest: int = 5) -> HistoryReport:
-        return await self.cluster_status.history(self._gateway_view(), models, busiest)
+        return await self.cluster_status.history(self._gateway_view, models, busiest)
 
     async def events(self, after: int = 0) -> list[Event]:
         return await self.cluster_status.events_after(after)

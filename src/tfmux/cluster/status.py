@@ -7,6 +7,7 @@ error for the whole page. Runs on the gateway's event loop."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
@@ -86,18 +87,27 @@ class ClusterStatus:
         keep = CACHE_SECONDS if cache_seconds is None else cache_seconds
         self._readings: _Shared[list[Reading]] = _Shared(keep, 1)
         self._histories: _Shared[list[HistoryReport]] = _Shared(keep, HISTORY_KEYS)
+        self._overviews: _Shared[ClusterOverview] = _Shared(keep, 1)
 
     # -- the read API (ClusterService answers the transports with these) ------------------
 
-    async def overview(self, gateway: Gateway) -> ClusterOverview:
+    async def overview(self, gateway: Callable[[], Gateway]) -> ClusterOverview:
+        """The merged overview, shared like the reads: many pages cost one merge a second."""
+        return await self._overviews.get(None, lambda: self._merge(gateway))
+
+    async def _merge(self, gateway: Callable[[], Gateway]) -> ClusterOverview:
         readings = await self.readings()
         recent = self.events.after(0, RECENT_EVENTS)
-        return merge_overview(readings, gateway, recent, self._clock())
+        # Merging 1,000 models takes tens of ms: in a thread, so the loop keeps serving.
+        merge = functools.partial(merge_overview, readings, gateway(), recent, self._clock())
+        return await asyncio.get_running_loop().run_in_executor(None, merge)
 
-    async def history(self, gateway: Gateway, models: Sequence[str], count: int) -> HistoryReport:
+    async def history(
+        self, gateway: Callable[[], Gateway], models: Sequence[str], count: int
+    ) -> HistoryReport:
         """The merged series of the cluster's ``count`` busiest models and of ``models``."""
+        top = busiest(await self.overview(gateway), count)
         readings = await self.readings()
-        top = busiest(merge_overview(readings, gateway, [], self._clock()), count)
         names = list(dict.fromkeys([*top, *models]))
         up = tuple(r.snapshot.replica for r in readings if r.overview is not None)
         reports = await self._histories.get((up, *names), lambda: self._read_histories(up, names))
@@ -109,6 +119,7 @@ class ClusterStatus:
 
     async def stop(self) -> None:
         """The gateway is stopping: no read of the replicas outlives it."""
+        await self._overviews.stop()
         await self._readings.stop()
         await self._histories.stop()
 
