@@ -3,17 +3,15 @@ gateway on 127.0.0.1:0 in a background thread, for the cluster tests and benchma
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 from tfmux.cluster.run import deploy, gateway_for
 from tfmux.cluster.settings import ClusterConfig
 from tfmux.config import ServerConfig
 
-T = TypeVar("T")
+from .harness import BackgroundLoop
+
 MiB = 1024 * 1024
 # Every raylet on 127.0.0.1 (Ray otherwise binds the machine's address).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -53,21 +51,15 @@ def stop_cluster(cluster: Any) -> None:
         cluster.shutdown()
 
 
-class BackgroundGateway:
+class BackgroundGateway(BackgroundLoop):
     """Replicas deployed as a Serve app, the gateway on its own event loop thread."""
 
+    timeout = 180.0
+
     def __init__(self, config: ServerConfig, cluster: ClusterConfig) -> None:
+        super().__init__()
         self.config = config.model_copy(update={"http_port": 0, "grpc_port": 0})
         self.cluster = cluster
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 180) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.http_port}"
 
     @property
     def grpc_target(self) -> str:
@@ -76,18 +68,13 @@ class BackgroundGateway:
     def __enter__(self) -> BackgroundGateway:
         handle = deploy(self.config, self.cluster)
         self.server = gateway_for(self.config, self.cluster, handle)
-        self._thread.start()
-        self.call(self.server.start())
-        self.call(self.server.wait_for_loads())
+        self._start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         from ray import serve
 
         try:
-            self.call(self.server.stop())
+            self._stop()
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop.close()
             serve.delete(self.cluster.app_name)

@@ -35,6 +35,12 @@ from tfmux.config import ModelConfig, ServerConfig, VersionPolicy
 from . import savedmodels as sm
 from .cluster_harness import BackgroundGateway, start_cluster, stop_cluster
 
+# The dashboard's cluster view, collected here to share this module's cluster and gateway.
+from .cluster_status_checks import (  # noqa: F401
+    test_status_lists_every_replica_and_where_each_model_lives,
+    test_the_dashboard_shows_replicas_and_where_models_live,
+)
+
 pytestmark = pytest.mark.tf
 X = np.array([[1.0, 2.0, 3.0]], np.float32)
 TWINS = 6  # twin_0 .. twin_5, y = (i + 1) * sum(x)
@@ -320,6 +326,11 @@ def test_autoscaling_adds_replicas_under_load(ray_cluster: object, twin_root: Pa
 
         sent = asyncio.run(load())
         assert len(router.replica_ids()) == 2, f"no replica added after {sent} requests"
+        # The status API shows the added replica beside the first.
+        status = httpx.get(f"{gw.url}/status", timeout=30)
+        assert status.status_code == 200, status.text
+        shown = {r["replica"] for r in status.json()["replicas"]}
+        assert shown == set(router.replica_ids())
 
 
 def _kill_during_traffic(
@@ -348,6 +359,18 @@ def _kill_during_traffic(
         t.start()
     time.sleep(0.5)
     kill(victim)
+    # The status API answers meanwhile: the victim soon gone or shown unreachable, never an
+    # error for the whole page.
+    seen = "up"
+    for _ in range(40):
+        status = httpx.get(f"{gateway.url}/status", timeout=30)
+        assert status.status_code == 200, status.text
+        states = {r["replica"]: r["state"] for r in status.json()["replicas"]}
+        seen = states.get(victim, "gone")
+        if seen != "up":
+            break
+        time.sleep(0.25)
+    assert seen in ("gone", "unreachable"), states
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline:  # served elsewhere on a next request

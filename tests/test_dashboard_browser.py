@@ -21,22 +21,10 @@ import pytest
 
 from tfmux.config import ModelConfig, ServerConfig, TrafficConfig, VersionPolicy
 
+from .browser import ARTIFACTS, CHROMIUM, FLAGS, REPO, Recorder
 from .harness import BackgroundServer
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TOKEN = "dash-token"
-REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "tests" / "artifacts"
 README_SHOT = REPO / "docs" / "images" / "dashboard.png"
 PAGE_WEIGHT_LIMIT = 300 * 1024
 
@@ -83,18 +71,6 @@ def browser() -> Iterator[Any]:
 
 
 RECORDERS: dict[int, Recorder] = {}
-
-
-class Recorder:
-    """Every request the page made, console errors and page errors."""
-
-    def __init__(self, page: Any) -> None:
-        self.urls: list[str] = []
-        self.errors: list[str] = []
-        self.bytes = 0
-        page.on("request", lambda r: self.urls.append(r.url))
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
-        page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
 
 
 @pytest.fixture(scope="module")

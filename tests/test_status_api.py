@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from tfmux.config import ModelConfig, ServerConfig, ShadowConfig, TrafficConfig, VersionPolicy
-from tfmux.dashboard import dashboard_access, is_loopback
+from tfmux.dashboard import dashboard_access
+from tfmux.exposure import is_loopback
 from tfmux.transports import openapi
 from tfmux.transports.rest import RestApp
 from tfmux.transports.status_rest import StatusRest

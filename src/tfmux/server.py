@@ -141,14 +141,10 @@ class TfmuxServer:
         loader: ModelLoader | None = None,
     ) -> None:
         """``loader`` replaces TensorFlow (tests); without it TensorFlow is configured at start."""
-        self.config = config
-        self._uses_tensorflow = loader is None
+        self._init_server(config, Metrics(config.metrics_histogram_models), loader is None)
         loader = loader or saved_model_loader(config)
-        self.runtime_report = ""
-        self.metrics = Metrics(config.metrics_histogram_models)
         # The status board (dashboard, status API) hears what metrics hear; its sampler owns
         # the bounded history and is started and stopped with the server.
-        self.dashboard = dashboard_access(config.host, config.dashboard, config.admin_token)
         self.status_board = StatusBoard() if self.dashboard.enabled else None
         observer = Observers(self.metrics, self.status_board) if self.status_board else self.metrics
         self.manager = ModelManager(
@@ -162,14 +158,9 @@ class TfmuxServer:
         self.poller = RepositoryPoller(self.manager, config.poll_interval_seconds)
         self.config_poller = _config_file_poller(self.manager, config)
         self.metrics.watch(self.manager)
-        self.h2_stats = H2Stats()  # what the gRPC port's HTTP/2 limits did, in /metrics
-        self.metrics.registry.register(H2Collector(self.h2_stats))
         if self.status_board is not None:
             self.status_board.watch(self.manager)
         timeout = config.request_timeout_ms / 1000 if config.request_timeout_ms else None
-        self.management_gate = gate(
-            "model management", config.management, config.host, config.admin_token, "management"
-        )
         management = Management(
             self.management_gate.enabled,
             config.admin_token,
@@ -203,6 +194,24 @@ class TfmuxServer:
         if config.grpc_health_service:
             self.grpc_registrars.append(GrpcHealth(self.service.ready).register)
         self.rest_app = RestApp(rest_routes, config.max_body_bytes)
+
+    def _init_server(self, config: ServerConfig, metrics: Metrics, uses_tensorflow: bool) -> None:
+        """What every server has, whatever serves its models (this class, or the cluster
+        gateway, which has no local manager): the fields ``start`` and ``stop`` read, set in
+        one place so a new one cannot be forgotten by either. Status parts start as None."""
+        self.config = config
+        self._uses_tensorflow = uses_tensorflow
+        self.runtime_report = ""
+        self.metrics = metrics
+        self.dashboard = dashboard_access(config.host, config.dashboard, config.admin_token)
+        self.status_board: StatusBoard | None = None
+        self.sampler: StatusSampler | None = None
+        self.config_poller: ModelConfigFilePoller | None = None
+        self.h2_stats = H2Stats()  # what the gRPC port's HTTP/2 limits did, in /metrics
+        self.metrics.registry.register(H2Collector(self.h2_stats))
+        self.management_gate = gate(
+            "model management", config.management, config.host, config.admin_token, "management"
+        )
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self._grpc: GrpcServer | None = None

@@ -11,9 +11,10 @@ from typing import Any
 import ray
 from ray import serve
 
-from tfmux.cluster.replica import Done, Forwarded, ReplicaCore
+from tfmux.cluster.replica import Done, Forwarded, ReplicaCore, ReplicaStatus
 from tfmux.cluster.settings import ClusterConfig
 from tfmux.config import ModelConfig, ServerConfig
+from tfmux.core.status import HistoryReport
 
 log = logging.getLogger("tfmux.cluster")
 REPLICA_DEPLOYMENT = "TfmuxReplica"
@@ -46,6 +47,12 @@ class TfmuxReplica:
 
     async def reconfigure(self, configs: list[ModelConfig], **_: Any) -> Done:
         return await self.core.reconfigure(configs)
+
+    async def status_report(self, after: int, **_: Any) -> ReplicaStatus:
+        return await self.core.status_report(after)
+
+    async def history_report(self, models: list[str], **_: Any) -> HistoryReport:
+        return await self.core.history_report(models)
 
     def snapshot(self, **_: Any) -> Done:
         return Done(self.core.snapshot())

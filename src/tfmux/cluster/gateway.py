@@ -16,15 +16,13 @@ from tfmux.cluster.registry import router_for
 from tfmux.cluster.service import CONTROL_TIMEOUT, ClusterService
 from tfmux.config import ServerConfig
 from tfmux.core.service import Management
-from tfmux.dashboard import DashboardAccess
 from tfmux.errors import ServingError
-from tfmux.exposure import gate
 from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.server import TfmuxServer
 from tfmux.transports import openapi
-from tfmux.transports.h2.stats import H2Collector, H2Stats
 from tfmux.transports.ops_rest import OpsRest
 from tfmux.transports.rest import RestApp
+from tfmux.transports.status_rest import StatusRest
 from tfmux.transports.tfs_grpc import TfServingGrpc
 from tfmux.transports.tfs_rest import TfServingRest
 from tfmux.transports.traffic_rest import TrafficRest
@@ -48,30 +46,14 @@ class ClusterGateway(TfmuxServer):
     """``start`` connects to the replicas (through ``handle``), then opens the ports."""
 
     def __init__(self, config: ServerConfig, handle: Any, deployment: str) -> None:
-        # Deliberately not TfmuxServer.__init__: no local manager, no TensorFlow.
-        self.config = config.model_copy(update={"poll_interval_seconds": 0.0})
-        self._uses_tensorflow = False
-        self.runtime_report = ""
+        # Not TfmuxServer.__init__ (no local manager, no TensorFlow): its shared first step.
+        # No status board nor sampler here: the status API asks the replicas (cluster/status).
+        self._init_server(
+            config.model_copy(update={"poll_interval_seconds": 0.0}), Metrics(), False
+        )
         self._handle = handle
         self._deployment = deployment
-        self.metrics = Metrics()
         self.poller = _NoPoller()  # type: ignore[assignment]
-        # What TfmuxServer.start reads; the cluster has no status board or config-file poller
-        # of its own yet (the dashboard's cluster view is not built).
-        self.h2_stats = H2Stats()
-        self.metrics.registry.register(H2Collector(self.h2_stats))
-        self.management_gate = gate(
-            "model management", config.management, config.host, config.admin_token, "management"
-        )
-        self.dashboard = DashboardAccess(False, None, "not available in cluster mode yet")
-        self.status_board = None
-        self.sampler = None
-        self.config_poller = None
-        self.http_port = None
-        self.grpc_port = None
-        self._grpc = None
-        self._http = None
-        self._http_task = None
 
     async def start(self) -> None:
         # The first call through the handle makes Serve build the router in this process.
@@ -99,6 +81,7 @@ class ClusterGateway(TfmuxServer):
                 [
                     TfServingRest(service).route,
                     TrafficRest(service).route,
+                    StatusRest(service, self.dashboard).route,
                     KServeRest(service).route,
                     openapi.OpenApiRest(service, config.admin_token is not None).route,
                     ops.route,

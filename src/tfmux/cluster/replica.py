@@ -16,9 +16,12 @@ import numpy as np
 
 from tfmux.cluster.placement import ReplicaSnapshot
 from tfmux.config import ModelConfig, ServerConfig
+from tfmux.core.events import Event
 from tfmux.core.lifecycle import State
 from tfmux.core.manager import ModelLoader, ModelManager
+from tfmux.core.sampler import StatusSampler
 from tfmux.core.service import LoadFailed, Management, ServingService
+from tfmux.core.status import HistoryReport, Overview, StatusBoard
 from tfmux.errors import ErrorKind, ServingError
 from tfmux.types import InferenceResult, ModelRef
 
@@ -69,6 +72,16 @@ class Done:
     extra: Any = field(default=None)
 
 
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """A replica's answer to the gateway's status call: its snapshot, its own status board's
+    overview and the events newer than the ones the gateway already has."""
+
+    snapshot: dict[str, Any]
+    overview: Overview
+    events: list[Event]
+
+
 def replica_config(config: ServerConfig) -> ServerConfig:
     """A replica's settings: every model lazy (the gateway places loads), no ports."""
     lazy = [m.model_copy(update={"load": "lazy"}) for m in config.models]
@@ -93,26 +106,42 @@ class ReplicaCore:
 
             configure_tensorflow(self.config)
             loader = saved_model_loader(self.config)
+        # Every replica keeps its own status (history, events) for the gateway's status API.
+        self.status_board = StatusBoard()
         self.manager = ModelManager(
-            loader, self.config.max_concurrent_loads, None, self.config.memory_budget_bytes
+            loader,
+            self.config.max_concurrent_loads,
+            self.status_board,
+            self.config.memory_budget_bytes,
         )
+        self.status_board.watch(self.manager)
+        self._sampler: StatusSampler | None = None
         timeout = self.config.request_timeout_ms
         self.service = ServingService(
             self.manager,
             self.config.inference_threads,
-            None,
+            self.status_board,
             self.config.batching,
             timeout / 1000 if timeout else None,
             # The gateway authorizes management calls; a replica takes them from it only.
             Management(True, None, tuple(self.config.model_repositories)),
         )
+        self.service.status_board = self.status_board
         self._seq = itertools.count(1)
         for model in self.config.models:
             self.manager.add_model(model)
 
+    def _sampling(self) -> None:
+        """Start the status sampler on the replica's event loop (the first call brings it:
+        Serve builds the replica outside the loop its methods run on)."""
+        if self._sampler is None:
+            self._sampler = StatusSampler(self.status_board)
+            self._sampler.start()
+
     # -- traffic -----------------------------------------------------------------------------
 
     async def infer(self, request: Forwarded) -> Answer | Failure:
+        self._sampling()
         ref = ModelRef(request.name, request.version)
         try:
             hit = self.manager.resolve(ref).state is State.AVAILABLE
@@ -142,6 +171,17 @@ class ReplicaCore:
         return Done(self.snapshot(), None, outcome)
 
     # -- state -------------------------------------------------------------------------------
+
+    async def status_report(self, after: int) -> ReplicaStatus:
+        """Snapshot, overview and the events numbered above ``after`` (the gateway's cursor)."""
+        self._sampling()
+        events = self.service.events(after)
+        return ReplicaStatus(self.snapshot(), self.service.overview(), events)
+
+    async def history_report(self, models: list[str]) -> HistoryReport:
+        """The overall series and those of ``models`` (the gateway picks the busiest)."""
+        self._sampling()
+        return self.service.history(models, 0)
 
     def snapshot(self) -> dict[str, Any]:
         models = {}
@@ -191,6 +231,8 @@ class ReplicaCore:
         return Done(self.snapshot(), failure)
 
     def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
         self.service.close()
 
 

@@ -12,15 +12,19 @@ from typing import Any
 from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import RayServeException
 
+from tfmux.cluster.overview import ClusterOverview, Gateway
 from tfmux.cluster.placement import ReplicaSnapshot
 from tfmux.cluster.replica import Answer, Done, Failure, Forwarded
 from tfmux.cluster.router import ResidencyRouter
+from tfmux.cluster.status import ClusterStatus
 from tfmux.cluster.views import ClusterModels
 from tfmux.config import ModelConfig, TrafficConfig
 from tfmux.core.batching import Gone
+from tfmux.core.events import Event
 from tfmux.core.observer import NullObserver, Observer
 from tfmux.core.service import InputDecoder, Inputs, Management, ModelMetadata
-from tfmux.core.traffic import Routing
+from tfmux.core.status import HistoryReport
+from tfmux.core.traffic import Routing, available
 from tfmux.errors import ErrorKind, ServingError, internal, not_found, unavailable
 from tfmux.types import InferenceResult, ModelRef, VersionStatus
 
@@ -51,6 +55,7 @@ class ClusterService:
         self._signatures: dict[tuple[str, int | None], tuple[float, ModelMetadata]] = {}
         self._fetching: dict[tuple[str, int | None], asyncio.Future[ModelMetadata]] = {}
         self.served: dict[tuple[str, bool], int] = {}  # (replica, hit) -> requests
+        self.cluster_status = ClusterStatus(self._ask, router.snapshots, router.observe)
 
     # -- traffic -----------------------------------------------------------------------------
 
@@ -101,10 +106,8 @@ class ClusterService:
                 self.router.observe(answer.snapshot)
             result = answer.result
             result.inputs = tensors
-            result.arm = route.arm
             version = str(result.version)
-            if route.arm:
-                self._observer.routed(ref.name, route.arm, version)
+            route.settle(ref.name, result, self._observer)
             return result
         except ServingError as exc:
             error = exc.kind.value
@@ -207,6 +210,32 @@ class ClusterService:
     def ready(self) -> bool:
         return bool(self.router.replica_ids())
 
+    # -- status: the replicas' status boards, merged (cluster/status.py) -----------------------
+
+    async def overview(self) -> ClusterOverview:
+        return await self.cluster_status.overview(self._gateway_view)
+
+    async def history(self, models: Sequence[str] = (), busiest: int = 5) -> HistoryReport:
+        return await self.cluster_status.history(self._gateway_view, models, busiest)
+
+    async def events(self, after: int = 0) -> list[Event]:
+        return await self.cluster_status.events_after(after)
+
+    def _gateway_view(self) -> Gateway:
+        models = [m.config for m in self.manager.models()]
+        routing = {c.name: r for c in models if (r := self.manager.traffic.routing(c.name))}
+        return Gateway(
+            models,
+            routing,
+            dict(self.served),
+            self.router.inflight(),
+            self.management.enabled,
+            self.management.admin_token is not None,
+        )
+
+    async def _ask(self, replica: str, method: str, *args: Any) -> Any:
+        return await self._call(method, *args, replica=replica)
+
     # -- management: to every replica that holds the model -------------------------------------
 
     def _holders(self, name: str) -> list[str]:
@@ -279,11 +308,16 @@ class ClusterService:
         version already chosen, so the change is cluster-wide at once."""
         self.management.authorize(authorization)
         self.manager.get(name)
-        versions = {s.version: s.state == "AVAILABLE" for s in self.manager.statuses(name)}
-        return self.manager.traffic.update(name, labels, traffic, versions, allow_unavailable)
+        before = self.manager.traffic.routing(name)
+        versions = available(self.manager.statuses(name))
+        routing = self.manager.traffic.update(name, labels, traffic, versions, allow_unavailable)
+        self.cluster_status.traffic_changed(name, before, routing)
+        return routing
 
     async def stop_shadows(self) -> None:
-        return None
+        """No shadows here; the server calls this on its loop before ``close``, so the status
+        reads still in flight stop with it."""
+        await self.cluster_status.stop()
 
     def close(self, timeout: float | None = None) -> bool:
         """Nothing runs here: the replicas own their models (Serve stops them)."""

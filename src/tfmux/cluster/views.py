@@ -85,10 +85,7 @@ class ClusterModels:
     def resolve(self, ref: ModelRef) -> Resolved:
         """The version a label or ``latest`` names (labels from the gateway's table)."""
         if ref.label is not None:
-            version = self.traffic.label_version(ref.name, ref.label)
-            if version is None:
-                raise not_found(f"Unknown label '{ref.label}' of model {ref.name}")
-            return Resolved(ref.name, version)
+            return Resolved(ref.name, self.traffic.labelled(ref.name, ref.label))
         if ref.version is not None:
             return Resolved(ref.name, ref.version)
         statuses = self.statuses(ref.name)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from tfmux.core.lifecycle import ModelVersion, State
 from tfmux.core.manager import ModelManager
 
-EVENT_KINDS = ("load", "failure", "unload", "eviction", "swap", "label", "split")
+# "replica": a cluster replica appeared, stopped answering or left (the gateway's log only).
+EVENT_KINDS = ("load", "failure", "unload", "eviction", "swap", "label", "split", "replica")
 
 
 @dataclass(frozen=True)

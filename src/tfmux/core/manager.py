@@ -315,10 +315,9 @@ class ModelManager:
                 newest = served.versions[max(served.versions)]
                 if newest.state is State.AVAILABLE:
                     return newest
+            version: int | None
             if ref.label is not None:
-                version = self.traffic.label_version(ref.name, ref.label)
-                if version is None:
-                    raise not_found(f"Unknown label '{ref.label}' of model {ref.name}")
+                version = self.traffic.labelled(ref.name, ref.label)
             elif ref.version is not None:
                 version = ref.version
             else:

@@ -47,6 +47,12 @@ class Periodic:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def cancel(self) -> None:
+        """Stop without waiting, from synchronous code (a cluster replica torn down)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)

@@ -20,3 +20,7 @@ class StatusSampler:
 
     async def stop(self) -> None:
         await self._periodic.stop()
+
+    def cancel(self) -> None:
+        """Stop without waiting, from synchronous code (a cluster replica torn down)."""
+        self._periodic.cancel()

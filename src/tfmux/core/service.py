@@ -24,7 +24,7 @@ from tfmux.core.observer import NullObserver, Observer
 from tfmux.core.runner import ModelRunner
 from tfmux.core.shadow import ShadowRunner
 from tfmux.core.status import HistoryReport, Overview, StatusBoard
-from tfmux.core.traffic import Routing
+from tfmux.core.traffic import Routing, available
 from tfmux.core.validation import validate_inputs
 from tfmux.errors import ErrorKind, ServingError, invalid_argument, not_found
 from tfmux.types import (
@@ -212,9 +212,7 @@ class ServingService:
                 result = await self._run(
                     lease, inputs, signature_name, output_names, method_name, deadline, gone
                 )
-            result.arm = route.arm
-            if route.arm:
-                self._observer.routed(ref.name, route.arm, version)
+            route.settle(ref.name, result, self._observer)
             if route.shadow is not None:
                 self._shadows.submit(route.shadow, result)
             return result
@@ -342,7 +340,7 @@ class ServingService:
         """Move labels and/or replace the split and shadow of a model, atomically."""
         self.management.authorize(authorization)
         served = self.manager.get(name)
-        versions = {v: mv.state is State.AVAILABLE for v, mv in list(served.versions.items())}
+        versions = available(mv.status() for mv in list(served.versions.values()))
         return self.manager.traffic.update(name, labels, traffic, versions, allow_unavailable)
 
     def repository_index(self) -> list[tuple[str, VersionStatus | None]]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from tfmux.config import LABEL_RE, AliasConfig, ModelConfig, ShadowConfig, TrafficConfig
+from tfmux.core.observer import Observer
 from tfmux.core.routing import Shadow, Split, choose_arm, mirrored
 from tfmux.errors import failed_precondition, invalid_argument, not_found
-from tfmux.types import ModelRef
+from tfmux.types import InferenceResult, ModelRef, VersionStatus
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,18 @@ class Route:
     ref: ModelRef
     shadow: ModelRef | None = None
     arm: str = ""
+
+    def settle(self, requested: str, result: InferenceResult, observer: Observer) -> None:
+        """The request ran: its result names the arm it took, counted for the model the
+        client ``requested`` (every service that routes does this the same way)."""
+        result.arm = self.arm
+        if self.arm:
+            observer.routed(requested, self.arm, str(result.version))
+
+
+def available(statuses: Iterable[VersionStatus]) -> dict[int, bool]:
+    """Served version -> AVAILABLE: what ``TrafficTable.update`` checks labels against."""
+    return {s.version: s.state == "AVAILABLE" for s in statuses}
 
 
 def _split(weights: Mapping[str, float], shadow: ShadowConfig | None) -> Split:
@@ -112,6 +125,13 @@ class TrafficTable:
         with self._lock:
             routing = self._models.get(name)
         return None if routing is None else routing.labels.get(label)
+
+    def labelled(self, name: str, label: str) -> int:
+        """The version ``label`` names (NOT_FOUND when it names none), for every service."""
+        version = self.label_version(name, label)
+        if version is None:
+            raise not_found(f"Unknown label '{label}' of model {name}")
+        return version
 
     def route(self, ref: ModelRef) -> Route:
         """Apply the alias and the model's split to a request that names only the model."""

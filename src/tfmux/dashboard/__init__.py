@@ -3,9 +3,10 @@ itself: no CDN, no build step)."""
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from importlib import resources
+
+from tfmux.exposure import gate, is_loopback
 
 ASSETS = {
     "index.html": b"text/html; charset=utf-8",
@@ -24,35 +25,25 @@ class DashboardAccess:
     reason: str
 
 
-def is_loopback(host: str) -> bool:
-    """Whether listening on ``host`` accepts connections from this machine only.
-
-    A local stand-in for the shared loopback check (tfmux.exposure) until it lands."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def dashboard_access(host: str, dashboard: bool | None, admin_token: str | None) -> DashboardAccess:
     """The exposure rule: like management, on by default on loopback; beyond loopback the
     status API needs the admin token unless the dashboard was turned on explicitly."""
-    if dashboard is False:
-        return DashboardAccess(False, None, "off (--no-dashboard)")
+    decided = gate("the dashboard", dashboard, host, admin_token, "dashboard")
+    if not decided.enabled:
+        if dashboard is False:
+            return DashboardAccess(False, None, "off (--no-dashboard)")
+        return DashboardAccess(
+            False,
+            None,
+            f"off: listening on {host} beyond loopback without an admin token "
+            "(--admin-token protects it; --dashboard opens it to everyone)",
+        )
     if dashboard is True:
         return DashboardAccess(True, None, "on for every client (--dashboard)")
     if is_loopback(host):
         return DashboardAccess(True, None, "on (listening on loopback only)")
-    if admin_token is not None:
-        return DashboardAccess(True, admin_token, "on; its status API needs the admin token")
-    return DashboardAccess(
-        False,
-        None,
-        f"off: listening on {host} beyond loopback without an admin token "
-        "(--admin-token protects it; --dashboard opens it to everyone)",
-    )
+    # Automatic beyond loopback, enabled by the admin token: the status API then needs it.
+    return DashboardAccess(True, admin_token, "on; its status API needs the admin token")
 
 
 def asset(name: str) -> bytes:

@@ -100,6 +100,7 @@ function rows() {
         p99: v && v.p99_ms !== null ? v.p99_ms : -1,
         batch: v && v.mean_batch_size !== null ? v.mean_batch_size : -1,
         queue: v ? v.queue_depth : 0,
+        replicas: v && v.replicas ? v.replicas.map((r) => r.replica).join(",") : "",
       });
     });
   }
@@ -110,6 +111,7 @@ function compareRows(a, b) {
   const key = state.sortKey;
   let order;
   if (key === "labels") order = a.labels.join(",").localeCompare(b.labels.join(","));
+  else if (key === "replicas") order = a.replicas.split(",").length - b.replicas.split(",").length || a.replicas.localeCompare(b.replicas);
   else if (typeof a[key] === "string") order = a[key].localeCompare(b[key]);
   else order = a[key] - b[key];
   if (order === 0 && key !== "name") order = a.name.localeCompare(b.name) || b.version - a.version;
@@ -121,7 +123,7 @@ function rowHtml(row, canManage) {
   const name = escapeHtml(row.name);
   if (!v) {
     const problem = row.model.problem ? `<span class="error-text">${escapeHtml(row.model.problem)}</span>` : "";
-    return `<tr data-model="${name}"><td>${name}</td><td></td><td class="state-END failed">no version${problem}</td><td colspan="12"></td></tr>`;
+    return `<tr data-model="${name}"><td>${name}</td><td></td><td class="state-END failed">no version${problem}</td><td colspan="13"></td></tr>`;
   }
   const failed = v.error_code !== "OK";
   const stateText = v.evicted && v.state === "END" ? "EVICTED" : v.state;
@@ -137,11 +139,39 @@ function rowHtml(row, canManage) {
     `<td class="state-${v.state}${failed ? " failed" : ""}">${stateText}${error}</td>` +
     `<td>${row.labels.map((l) => `<span class="chip">${escapeHtml(l)}</span>`).join("")}</td>` +
     `<td>${row.model.pinned ? "pinned" : ""}</td><td class="num">${memory}</td>` +
+    `<td class="cluster-only placements">${placements(v)}</td>` +
     `<td>${formatAgo(v.last_used_seconds_ago)}</td><td class="num">${v.load_seconds === null ? "" : `${formatNumber(v.load_seconds, 2)} s`}</td>` +
     `<td class="num">${formatNumber(v.requests_per_second, 2)}</td><td class="num">${errors}</td>` +
     `<td class="num">${formatNumber(v.p50_ms, 2)}</td><td class="num">${formatNumber(v.p99_ms, 2)}</td>` +
     `<td class="num">${formatNumber(v.mean_batch_size, 1)}</td><td class="num">${v.queue_depth}</td>` +
     `<td class="actions">${actions}</td></tr>`;
+}
+
+// Which replicas hold a version (cluster gateway only): one chip each, its state if not AVAILABLE.
+function placements(v) {
+  return (v.replicas || []).map((p) => {
+    const note = p.state === "AVAILABLE" ? "" : ` ${p.state.toLowerCase()}`;
+    return `<span class="chip replica-chip" title="node ${escapeHtml(p.node)}">${escapeHtml(p.replica)}${note}</span>`;
+  }).join("");
+}
+
+function renderReplicas() {
+  const replicas = state.overview.replicas;
+  document.body.classList.toggle("cluster", Boolean(replicas));
+  $("#replicas-section").hidden = !replicas;
+  if (!replicas) return;
+  const up = replicas.filter((r) => r.state === "up").length;
+  $("#replica-count").textContent = `${up} of ${replicas.length} answering`;
+  $("#replicas tbody").innerHTML = replicas.map((r) => {
+    const id = escapeHtml(r.replica);
+    const budget = r.memory_budget_bytes === null ? "" : ` / ${formatBytes(r.memory_budget_bytes)}`;
+    const problem = r.message ? `<span class="error-text">${escapeHtml(r.message)}</span>` : "";
+    return `<tr data-replica="${id}"><td>${id}</td><td title="${escapeHtml(r.node)}">${escapeHtml(r.node.slice(0, 12))}</td>` +
+      `<td class="replica-${r.state}">${r.state}${problem}</td><td class="num">${formatBytes(r.memory_used_bytes)}${budget}</td>` +
+      `<td class="models-held">${r.models.map((m) => `<span class="chip">${escapeHtml(m)}</span>`).join("")}</td>` +
+      `<td class="num">${r.inflight}</td><td class="num">${r.requests}</td><td class="num">${r.misses}</td>` +
+      `<td class="num">${formatNumber(r.requests_per_second, 2)}</td></tr>`;
+  }).join("") || '<tr><td colspan="9" class="muted">no replica yet</td></tr>';
 }
 
 function renderTable() {
@@ -223,7 +253,7 @@ function renderEvents() {
     const when = new Date(e.time * 1000).toLocaleTimeString("en-GB");
     const version = e.version === null ? "" : ` v${e.version}`;
     return `<li><span class="muted">${when}</span> <span class="kind kind-${escapeHtml(e.kind)}">${escapeHtml(e.kind)}</span> ` +
-      `<strong>${escapeHtml(e.model)}${version}</strong>: ${escapeHtml(e.message)}</li>`;
+      `${e.model ? `<strong>${escapeHtml(e.model)}${version}</strong>: ` : ""}${escapeHtml(e.message)}</li>`;
   }).join("") || '<li class="muted">nothing yet</li>';
 }
 
@@ -356,8 +386,14 @@ function render() {
   const o = state.overview;
   const failed = o.models.filter((m) => m.versions.some((v) => v.error_code !== "OK")).length;
   const loaded = o.models.filter((m) => m.versions.some((v) => v.state === "AVAILABLE")).length;
-  $("#summary").textContent = `${o.models.length} models, ${loaded} loaded${failed ? `, ${failed} failed` : ""}`;
+  let replicas = "";
+  if (o.replicas) {
+    const away = o.replicas.filter((r) => r.state !== "up").length;
+    replicas = `, ${o.replicas.length} replicas${away ? ` (${away} unreachable)` : ""}`;
+  }
+  $("#summary").textContent = `${o.models.length} models, ${loaded} loaded${failed ? `, ${failed} failed` : ""}${replicas}`;
   $("#updated").textContent = `updated ${new Date(o.time * 1000).toLocaleTimeString("en-GB")}`;
+  renderReplicas();
   renderTable();
   renderMemory();
   renderTraffic();

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tfmux.core.events import EVENT_KINDS
+
 Json = dict[str, Any]
 
 STRING: Json = {"type": "string"}
@@ -26,8 +28,39 @@ def _nullable(schema: Json) -> Json:
     return {"oneOf": [schema, {"type": "null"}]}
 
 
-def _obj(properties: Json) -> Json:
-    return {"type": "object", "properties": properties, "required": list(properties)}
+def _obj(properties: Json, cluster: Json | None = None) -> Json:
+    """Every property required; ``cluster``: more, present only on a cluster gateway."""
+    schema = {"type": "object", "properties": properties, "required": list(properties)}
+    if cluster:
+        schema["properties"] = properties | cluster
+    return schema
+
+
+# The cluster gateway's additions (tfmux serve --ray): replicas, and where versions live.
+PLACEMENT = _obj(
+    {
+        "replica": STRING,
+        "node": STRING,
+        "state": {"enum": ["LOADING", "AVAILABLE", "UNLOADING"]},
+        "memory_bytes": _nullable(INTEGER),
+    }
+)
+REPLICA = _obj(
+    {
+        "replica": STRING,
+        "node": STRING,
+        "state": {"enum": ["up", "unreachable"]},
+        "message": STRING,
+        "memory_used_bytes": INTEGER,
+        "memory_budget_bytes": _nullable(INTEGER),
+        "models": {"type": "array", "items": STRING},
+        "inflight": INTEGER,
+        "requests": INTEGER,
+        "misses": INTEGER,
+        "requests_per_second": NUMBER,
+    }
+)
+HOLDERS = "cluster gateway only: the replicas that hold it"
 
 
 def _get(operation_id: str, summary: str, schema: Json, parameters: list[Json]) -> Json:
@@ -110,7 +143,8 @@ def schemas() -> Json:
             "p50_ms": number,
             "p99_ms": number,
             "mean_batch_size": number,
-        }
+        },
+        {"replicas": {"type": "array", "items": PLACEMENT, "description": HOLDERS}},
     )
     arm = _obj(
         {
@@ -141,16 +175,15 @@ def schemas() -> Json:
             "arms": {"type": "array", "items": arm},
             "shadow": _nullable(shadow),
             "versions": {"type": "array", "items": version},
-        }
+        },
+        {"replicas": {"type": "array", "items": STRING, "description": HOLDERS}},
     )
     return {
         "Event": _obj(
             {
                 "id": INTEGER,
                 "time": NUMBER,
-                "kind": {
-                    "enum": ["load", "failure", "unload", "eviction", "swap", "label", "split"]
-                },
+                "kind": {"enum": list(EVENT_KINDS)},
                 "model": STRING,
                 "version": _nullable(INTEGER),
                 "message": STRING,
@@ -166,8 +199,16 @@ def schemas() -> Json:
                 "admin_token_required": BOOLEAN,
                 "models": {"type": "array", "items": model},
                 "events": {"type": "array", "items": _ref("Event")},
-            }
+            },
+            {
+                "replicas": {
+                    "type": "array",
+                    "items": _ref("Replica"),
+                    "description": "cluster gateway only: every replica",
+                }
+            },
         ),
+        "Replica": REPLICA,
         "History": _obj(
             {
                 "resolution_seconds": NUMBER,

@@ -8,12 +8,17 @@
 - ``GET /status/events?after=ID``: the lifecycle events newer than event ``ID``;
 - ``GET /dashboard``: the page, a thin client of the three (its files under /dashboard/).
 
-Who may read them is the dashboard's exposure rule (tfmux.dashboard.dashboard_access).
+Who may read them is the dashboard's exposure rule (tfmux.dashboard.dashboard_access). The
+cluster gateway serves the same paths over its replicas (tfmux.cluster.status), with more
+fields (every replica, and which replicas hold each model version).
 """
 
 from __future__ import annotations
 
 import hmac
+import inspect
+from collections.abc import Awaitable
+from typing import TypeVar, cast
 from urllib.parse import parse_qs
 
 from tfmux.core.service import ServingService
@@ -23,6 +28,7 @@ from tfmux.transports.rest import Handler, Request, Response, authorization
 from tfmux.transports.tfs_codec import dumps
 from tfmux.transports.tfs_json import encode_error
 
+T = TypeVar("T")
 PAGE = "/dashboard"
 MAX_BUSIEST = 50
 MAX_NAMED = 20
@@ -82,7 +88,7 @@ class StatusRest:
 
     async def _overview(self, request: Request) -> Response:
         self._check(request)
-        return Response(body=dumps(self._service.overview()))
+        return Response(body=dumps(await _settled(self._service.overview())))
 
     async def _history(self, request: Request) -> Response:
         self._check(request)
@@ -91,17 +97,25 @@ class StatusRest:
         if len(models) > MAX_NAMED:
             raise invalid_argument(f"at most {MAX_NAMED} 'model' parameters, not {len(models)}")
         busiest = _integer(query, "busiest", 5, MAX_BUSIEST)
-        return Response(body=dumps(self._service.history(models, busiest)))
+        return Response(body=dumps(await _settled(self._service.history(models, busiest))))
 
     async def _events(self, request: Request) -> Response:
         self._check(request)
         after = _integer(_query(request), "after", 0, None)
-        return Response(body=dumps({"events": self._service.events(after)}))
+        return Response(body=dumps({"events": await _settled(self._service.events(after))}))
 
     async def _off(self, request: Request) -> Response:
         raise ServingError(
             ErrorKind.PERMISSION_DENIED, f"the dashboard and status API are {self._access.reason}"
         )
+
+
+async def _settled(value: T | Awaitable[T]) -> T:
+    """A status read: a value (one process) or a coroutine (the cluster gateway asks its
+    replicas)."""
+    if inspect.isawaitable(value):
+        return cast(T, await value)
+    return cast(T, value)
 
 
 def _query(request: Request) -> dict[str, list[str]]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from tfmux.transports.h2.context import ServicerContext
 from tfmux.transports.h2.frames import OK_TRAILERS
 from tfmux.transports.h2.guard import Shared
-from tfmux.transports.h2.inflate import WBITS, TooLarge, inflate
+from tfmux.transports.h2.inflate import WBITS, TooLarge, inflate, lower_priority
 from tfmux.transports.h2.stream import Sender, Stream
 
 if TYPE_CHECKING:
