@@ -17,14 +17,17 @@ _IN_STEP = 256 * 1024  # compressed bytes fed at a time (the unconsumed tail is 
 _OUT_STEP = 1024 * 1024  # inflated bytes produced at a time
 
 
-NICENESS = 10  # inflate threads' CPU priority below the serving threads' (Linux: per thread)
+NICENESS = 10  # inflate threads' nice value above the serving threads' (Linux: per thread)
 
 
 def lower_priority() -> None:
     """The pool's thread initializer: a gzip bomb's inflating yields the core to the threads
     serving everyone else (raising a thread's nice value needs no privilege)."""
     with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
+        tid = threading.get_native_id()
+        os.setpriority(
+            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + NICENESS)
+        )
 
 
 class TooLarge(Exception):
