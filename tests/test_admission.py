@@ -6,6 +6,8 @@ throttled while open connections keep being served.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import socket
 import time
@@ -18,7 +20,7 @@ import pytest
 from benchmarks import attacks_h2
 
 from tfmux.config import ModelConfig, ServerConfig
-from tfmux.transports.admission import AdmissionGate, AdmissionLimits, Admit
+from tfmux.transports.admission import AdmissionGate, AdmissionLimits, Admit, TokenBucket
 from tfmux.transports.h2.limits import H2Limits
 
 from .harness import BackgroundServer
@@ -209,14 +211,27 @@ def budgeted(model_root: Path) -> Iterator[BackgroundServer]:
 
 @pytest.mark.tf
 def test_a_large_upload_waits_for_the_bulk_budget_and_is_answered(budgeted) -> None:
-    """40 MiB (valid JSON padded with spaces) past a 32 MiB burst at 16 MiB/s: the upload is
-    held, released, read in full and answered, while small requests are served meanwhile."""
+    """6 MiB (valid JSON padded with spaces) against a budget of 2 MiB/s with a 1 MiB burst,
+    set on the running server (so the upload is surely faster than the budget, however busy
+    the machine): the upload is held, released, read in full and answered, and a small
+    request on another connection is served meanwhile."""
     protocol = budgeted.server._http.config.http_protocol_class  # type: ignore[union-attr]
-    body = b'{"instances": [[1.0, 2.0, 3.0]]' + b" " * (40 * 1024 * 1024) + b"}"
+
+    async def tight() -> None:
+        now = asyncio.get_running_loop().time()
+        protocol.bulk = TokenBucket(2 * 1024 * 1024, 1024 * 1024, now)
+
+    budgeted.call(tight())
+    body = b'{"instances": [[1.0, 2.0, 3.0]]' + b" " * (6 * 1024 * 1024) + b"}"
     url = f"{budgeted.url}/v1/models/binary:predict"
-    with httpx.Client(timeout=WAIT) as small:
-        with httpx.Client(timeout=WAIT) as large:
-            answer = large.post(url, content=body, headers={"content-type": "application/json"})
-        assert answer.status_code == 200, answer.text
-        assert protocol.holds >= 1  # it did wait for the budget
-        predict(budgeted, small)
+    holds = protocol.holds
+    with httpx.Client(timeout=WAIT) as small, httpx.Client(timeout=WAIT) as large:
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        upload = pool.submit(
+            large.post, url, content=body, headers={"content-type": "application/json"}
+        )
+        predict(budgeted, small)  # served while the upload waits for the budget
+        answer = upload.result(WAIT)
+        pool.shutdown()
+    assert answer.status_code == 200, answer.text
+    assert protocol.holds > holds  # it did wait for the budget
