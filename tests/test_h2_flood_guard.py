@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from benchmarks import attacks_h2
 
 from tfmux.transports.h2 import frames as f
 from tfmux.transports.h2.guard import CONTROL, PINGS, RESETS
@@ -177,3 +178,13 @@ def test_many_cancelling_clients_at_once(served: LimitedServer) -> None:
         thread.join(60)
     assert not errors
     assert _closed(served) == before
+
+
+def test_the_goaway_reaches_a_client_that_goes_on_sending(served: LimitedServer) -> None:
+    """After a connection error the server sends GOAWAY and FIN, and discards what still
+    arrives for a moment before closing: closing on unread bytes resets the connection (TCP
+    RST) and a client that is still sending, as rapid reset does, loses the GOAWAY."""
+    for _ in range(6):
+        result = attacks_h2.rapid_reset("127.0.0.1", served.port, 5.0, triples=5000)
+        assert result.closed_by_server and result.goaway_code == f.ENHANCE_YOUR_CALM
+    assert served.good_call() == b"still serving"

@@ -55,9 +55,11 @@ class Transport:
     def __init__(self) -> None:
         self.written = bytearray()
         self.closing = False
+        self.eof = False
 
     def write(self, data: bytes) -> None:
         assert not self.closing, "write after close"
+        assert not self.eof, "write after write_eof"
         self.written += data
 
     def is_closing(self) -> bool:
@@ -65,6 +67,18 @@ class Transport:
 
     def close(self) -> None:
         self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
@@ -134,7 +148,7 @@ def feed(
         try:
             bounds = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
             for start, end in itertools.pairwise(bounds):
-                if transport.closing:
+                if transport.closing or transport.eof:
                     break
                 connection.data_received(data[start:end])
                 await asyncio.sleep(0)

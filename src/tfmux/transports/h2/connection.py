@@ -81,11 +81,14 @@ class H2Connection(FrameReader, asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.transport is not None and self.reading_paused:
             self.reading_paused = False
-            if not self.transport.is_closing() and not self._slice_pending:
+            if not self.transport.is_closing() and not self._slice_pending and not self.draining:
                 self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
+            return
+        if self.draining:
+            self._discard(len(data))
             return
         if self._buf or self._slice_pending:
             self._buf += data
@@ -120,12 +123,12 @@ class H2Connection(FrameReader, asyncio.Protocol):
         finally:
             self._ready.clear()
             self.out = None
-            if out and not self.transport.is_closing():
+            if out and not self.transport.is_closing() and not self.draining:
                 self.transport.write(b"".join(out))
 
     def _next_slice(self) -> None:
         self._slice_pending = False
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing() or self.draining:
             return
         self._consume(self._buf)
         transport = self.transport
@@ -137,7 +140,7 @@ class H2Connection(FrameReader, asyncio.Protocol):
 
     def tick(self, now: float) -> None:
         limits = self.shared.limits
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing() or self.draining:
             return
         if not self._preface:
             if now - self.opened > limits.preface_timeout_seconds:

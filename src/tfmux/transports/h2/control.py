@@ -15,6 +15,13 @@ from tfmux.transports.h2.guard import CONTROL, PINGS, RESETS, SETTINGS, FloodGua
 from tfmux.transports.h2.stream import Sender, Stream
 
 UNAVAILABLE = 14
+# After a connection error the server sends GOAWAY and its FIN, then reads and discards what
+# the client still sends for this long before closing: closing with unread bytes would reset
+# the connection (TCP RST) and the client could lose the GOAWAY and its reason. Go's net/http2
+# waits 1 s the same way. A client that sends more than LINGER_BYTES meanwhile is not reading
+# (a flood): it is closed then.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 1024 * 1024
 _SETTINGS_ACK = f.frame(f.SETTINGS, f.ACK, 0)
 
 
@@ -41,6 +48,8 @@ class ConnectionState:
         self.last_sid = 0
         self.going_away = False
         self.closed_reason: str | None = None
+        self.draining = False  # GOAWAY sent after an error: reads are discarded until closed
+        self.discarded = 0  # bytes discarded while draining
         self.peer = ""
         self.out: list[bytes] | None = None  # collects writes while a read is parsed
         self.guard = FloodGuard(shared.limits)
@@ -77,8 +86,7 @@ class ConnectionState:
                 raise f.H2Error(f.PROTOCOL_ERROR, "GOAWAY on a stream")
             if len(payload) < 8:
                 raise f.H2Error(f.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
-            self.going_away = True
-            self._maybe_close()
+            self.shutdown()  # ours in return: streams opened after it are not processed
         elif ftype == f.PUSH_PROMISE:
             raise f.H2Error(f.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
         elif ftype == f.PRIORITY:
@@ -152,7 +160,7 @@ class ConnectionState:
     def _write(self, data: bytes) -> None:
         if self.out is not None:
             self.out.append(data)
-        elif self.transport is not None and not self.transport.is_closing():
+        elif self.transport is not None and not self.transport.is_closing() and not self.draining:
             self.transport.write(data)
 
     def _drop(self, stream: Stream) -> None:
@@ -186,7 +194,7 @@ class ConnectionState:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self.out:
+        if self.out and not self.draining:
             transport.write(b"".join(self.out))
             self.out.clear()
         transport.close()
@@ -205,7 +213,38 @@ class ConnectionState:
         self._write(f.goaway(self.last_sid, code, message.encode()[:256]))
         self._stop_streams()
         self.going_away = True
-        self._flush_and_close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Send what is pending and the FIN, discard reads, close after ``LINGER_SECONDS``."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.draining:
+            return
+        if not transport.can_write_eof() or transport.get_write_buffer_size():
+            self._flush_and_close()  # TLS (no half-close), or a client that is not reading
+            return
+        self.draining = True
+        if self.out:
+            transport.write(b"".join(self.out))
+            self.out.clear()
+        transport.write_eof()
+        transport.resume_reading()  # paused or not: what arrives now is discarded
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, self._end_linger)
+
+    def _discard(self, length: int) -> None:
+        """``length`` bytes arrived while draining: dropped, the connection closed past
+        ``LINGER_BYTES``."""
+        self.discarded += length
+        if self.discarded > LINGER_BYTES:
+            self._end_linger()
+
+    def _end_linger(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if transport.get_write_buffer_size():
+                transport.abort()  # a client that does not read does not get to hold us
+            else:
+                transport.close()
 
     def shutdown(self) -> None:
         """Graceful stop: GOAWAY, no new streams; close once the in-flight ones are answered."""

@@ -14,13 +14,15 @@ from tfmux.transports.h2.stats import H2Stats
 # Flood kinds: index into FloodGuard's counters.
 RESETS, PINGS, SETTINGS, EMPTY, CONTROL = range(5)
 _NAMES = ("resets", "pings", "settings", "empty_frames", "control_frames")
-# Frames of each kind that useful work earns: per stream answered, and per UNIT_BYTES of DATA
-# payload received or sent. grpcio sends fewer (docs/security.md has the counts). Resets are
-# earned by answers only (a reset per upload would let rapid reset through with a body on each
-# stream); empty frames are never earned (no client needs them).
+# Frames of each kind that useful work earns: per stream answered, per UNIT_BYTES of DATA
+# payload received or sent, and (control frames only: grpcio widens each new stream's window
+# at once) per stream opened. grpcio sends fewer (docs/security.md has the counts). Resets are
+# earned by answers only (a reset per upload or per stream opened would let rapid reset
+# through); empty frames are never earned (no client needs them).
 UNIT_BYTES = 16 * 1024
 PER_ANSWER = (1.0, 2.0, 1.0, 0.0, 8.0)
 PER_UNIT = (0.0, 1.0, 0.0, 0.0, 4.0)
+PER_OPENED = (0.0, 0.0, 0.0, 0.0, 2.0)
 
 
 class Shared:
@@ -55,7 +57,16 @@ class FloodGuard:
     allowance: ``H2Error`` (GOAWAY ENHANCE_YOUR_CALM). The work of the window before counts
     too (as its average rate), so a window that begins mid-transfer does not trip."""
 
-    __slots__ = ("_answered", "_bytes", "_carry", "_counts", "_limits", "_start", "_window")
+    __slots__ = (
+        "_answered",
+        "_bytes",
+        "_carry",
+        "_counts",
+        "_limits",
+        "_opened",
+        "_start",
+        "_window",
+    )
 
     def __init__(self, limits: H2Limits) -> None:
         self._limits = (
@@ -69,8 +80,9 @@ class FloodGuard:
         self._counts = [0, 0, 0, 0, 0]
         self._start = time.monotonic()
         self._answered = 0  # streams answered in this window
+        self._opened = 0  # streams opened in this window
         self._bytes = 0  # DATA payload bytes received and sent in this window
-        self._carry = (0.0, 0.0)  # answers and units of bytes of the window before
+        self._carry = (0.0, 0.0, 0.0)  # answers, units of bytes, streams opened: window before
 
     def count(self, kind: int) -> None:
         counts = self._counts
@@ -86,6 +98,10 @@ class FloodGuard:
         """A stream's answer was written in full."""
         self._answered += 1
 
+    def opened(self) -> None:
+        """A request stream was opened."""
+        self._opened += 1
+
     def payload(self, length: int) -> None:
         """``length`` bytes of DATA payload were received or sent."""
         self._bytes += length
@@ -94,18 +110,25 @@ class FloodGuard:
         """Frames of ``kind`` this window allows: the limit plus what work earned."""
         answers = self._answered + self._carry[0]
         units = self._bytes / UNIT_BYTES + self._carry[1]
-        return self._limits[kind] + PER_ANSWER[kind] * answers + PER_UNIT[kind] * units
+        opened = self._opened + self._carry[2]
+        return (
+            self._limits[kind]
+            + PER_ANSWER[kind] * answers
+            + PER_UNIT[kind] * units
+            + PER_OPENED[kind] * opened
+        )
 
     def _over(self, kind: int) -> None:
         now = time.monotonic()
         elapsed = now - self._start
         if elapsed >= self._window:  # a new window: this frame is its first
             share = self._window / elapsed  # the last window's work, as a rate
-            self._carry = (self._answered * share, self._bytes / UNIT_BYTES * share)
+            units = self._bytes / UNIT_BYTES
+            self._carry = (self._answered * share, units * share, self._opened * share)
             self._start = now
             self._counts = [0, 0, 0, 0, 0]
             self._counts[kind] = 1
-            self._answered = self._bytes = 0
+            self._answered = self._bytes = self._opened = 0
             return
         count = self._counts[kind]
         allowed = self.allowed(kind)

@@ -226,6 +226,7 @@ class FrameReader(ConnectionState):
         if head.timeout is not None:
             stream.deadline = now + head.timeout
         self.streams[sid] = stream
+        self.guard.opened()
         self.budget.open(stream)
         if flags & f.END_STREAM:
             self._complete(stream)
