@@ -62,17 +62,20 @@ class H2Limits(BaseModel):
     )
     # Floods: frames of each kind a connection may send per flood window beyond what its
     # useful work earned (streams answered, DATA bytes; guard.PER_ANSWER and guard.PER_UNIT).
+    # Busy clients are covered by what they earn, so the unearned allowance only bounds what
+    # an abusive connection makes the server parse before its GOAWAY (5x less than the 1,000 /
+    # 10,000 of fixed counts; netty allows 200 resets per 30 s).
     flood_window_seconds: float = Field(default=10.0, gt=0)
     max_resets: int = Field(
-        default=1000, ge=1, description="RST_STREAM of streams in progress, beyond answers"
+        default=200, ge=1, description="RST_STREAM of streams in progress, beyond answers"
     )
-    max_pings: int = Field(default=1000, ge=1, description="PING frames, beyond those earned")
+    max_pings: int = Field(default=200, ge=1, description="PING frames, beyond those earned")
     max_settings: int = Field(default=100, ge=1, description="SETTINGS, beyond those earned")
     max_empty_frames: int = Field(
         default=100, ge=1, description="empty DATA/HEADERS/CONTINUATION without an end flag"
     )
     max_control_frames: int = Field(
-        default=10_000, ge=1, description="WINDOW_UPDATE, PRIORITY, ACKs, unknown, beyond earned"
+        default=2000, ge=1, description="WINDOW_UPDATE, PRIORITY, ACKs, unknown, beyond earned"
     )
     # Compressed requests.
     inflate_threads: int = Field(
