@@ -24,6 +24,7 @@ from tfmux.cluster.service import SERVED_BY, ClusterService
 from tfmux.config import ModelConfig, ServerConfig, ShadowConfig, TrafficConfig
 from tfmux.core.service import Management
 from tfmux.core.shadow import Shadowing
+from tfmux.metrics import Metrics
 from tfmux.transports import status_openapi
 from tfmux.transports.tfs_codec import dumps
 from tfmux.types import ModelRef
@@ -120,7 +121,8 @@ class Gateway:
         self.loader = FakeLoader(same_everywhere)
         self.handle = Handle(ReplicaCore(config, "r1", "node-1", self.loader))
         router: Any = self.handle
-        self.service = ClusterService(self.handle, router, Management())
+        self.metrics = Metrics()
+        self.service = ClusterService(self.handle, router, Management(), self.metrics)
         for model in self.configs:
             self.service.manager.add_model(model)
 
@@ -175,6 +177,10 @@ def test_mirrors_compare_and_show_agreement_in_the_status(gateway: Gateway) -> N
         assert (rows["m"].target, rows["m"].percent) == ("2", 100.0)
         assert (rows["m"].agree, rows["m"].disagree, rows["m"].error) == (0, 3, 0)
         assert (rows["same"].agree, rows["same"].disagree) == (2, 0)
+        metrics = gateway.metrics.render().decode()  # the gateway's /metrics, as in one process
+        labels = 'model="m",outcome="disagree",shadow_version="2",version="1"'
+        assert f"tfmux_shadow_requests_total{{{labels}}} 3.0" in metrics
+        assert 'tfmux_shadow_mean_abs_diff_sum{model="m",output="y"' in metrics
         jsonschema = pytest.importorskip("jsonschema")
         schema = {
             "$ref": "#/components/schemas/Status",
