@@ -38,8 +38,8 @@ class Shadowing:
 
 
 class ShadowTally:
-    """Shadow outcomes counted per model (the status API reads them). Thread-safe; the
-    caller holds no lock of its own, so it is cheap enough for the request path."""
+    """Shadow outcomes counted per model since start (the status API reads them): the
+    single-process history and the cluster gateway count with it. Thread-safe and cheap."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
