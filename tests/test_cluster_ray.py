@@ -268,6 +268,39 @@ def test_labels_move_cluster_wide(gateway: BackgroundGateway) -> None:
     assert by_label("stable") == 2.0
 
 
+def test_shadows_are_mirrored_and_compared_at_the_gateway(gateway: BackgroundGateway) -> None:
+    traffic = f"{gateway.url}/v2/repository/models/versioned/traffic"
+    mirror = {"split": {"1": 100}, "shadow": {"target": "2", "percent": 100}}
+    r = httpx.post(traffic, json=mirror, timeout=30)
+    assert r.status_code == 200, r.text
+    try:
+        for sent in (1, 2, 3):  # the primary answers (x * 1); each mirror ends before the next
+            r = httpx.post(
+                f"{gateway.url}/v1/models/versioned:predict",
+                content=json.dumps({"instances": [1.0]}),
+                timeout=60,
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["predictions"] == [1.0]
+            deadline = time.monotonic() + 60
+            while gateway.server.service.shadows.counts("versioned").disagree < sent:
+                assert time.monotonic() < deadline, gateway.server.service.shadows.counts(
+                    "versioned"
+                )
+                time.sleep(0.05)
+        body = httpx.get(f"{gateway.url}/status", timeout=30).json()
+        (row,) = [m for m in body["models"] if m["name"] == "versioned"]
+        shadow = row["shadow"]
+        assert (shadow["target"], shadow["agree"], shadow["disagree"]) == ("2", 0, 3)  # x*2
+        assert shadow["error"] == shadow["dropped"] == 0
+        metrics = httpx.get(f"{gateway.url}/metrics", timeout=30).text
+        labels = 'model="versioned",outcome="disagree",shadow_version="2",version="1"'
+        assert f"tfmux_shadow_requests_total{{{labels}}} 3.0" in metrics
+    finally:
+        r = httpx.post(traffic, json={"split": {}, "shadow": None}, timeout=30)
+        assert r.status_code == 200, r.text
+
+
 def test_bad_requests_get_clear_errors_and_the_cluster_keeps_serving(
     gateway: BackgroundGateway,
 ) -> None:

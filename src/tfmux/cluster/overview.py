@@ -9,12 +9,13 @@ and version (which replicas hold it).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tfmux.cluster.placement import STATE_RANK, ReplicaSnapshot
 from tfmux.config import ModelConfig
 from tfmux.core.events import Event
-from tfmux.core.status import ArmRow, ModelRow, Overview, VersionRow
+from tfmux.core.shadow import Shadowing
+from tfmux.core.status import ArmRow, ModelRow, Overview, VersionRow, shadow_row
 from tfmux.core.traffic import Routing
 from tfmux.types import VersionStatus
 
@@ -81,6 +82,7 @@ class Gateway:
     inflight: Mapping[str, int]
     management_enabled: bool
     admin_token_required: bool
+    shadows: Mapping[str, Shadowing] = field(default_factory=dict)  # model -> mirror outcomes
 
 
 def merge_overview(
@@ -155,7 +157,7 @@ def _model(
         problem=next((r.problem for r in rows if r.problem is not None), None),
         labels=labels,
         arms=arms,
-        shadow=None,
+        shadow=shadow_row(routing, gateway.shadows.get(name, Shadowing())) if routing else None,
         versions=list[VersionRow](versions),
         replicas=holders,
     )

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import RayServeException
@@ -21,8 +21,9 @@ from tfmux.cluster.views import ClusterModels
 from tfmux.config import ModelConfig, TrafficConfig
 from tfmux.core.batching import Gone
 from tfmux.core.events import Event
-from tfmux.core.observer import NullObserver, Observer
+from tfmux.core.observer import NullObserver, Observer, Observers
 from tfmux.core.service import InputDecoder, Inputs, Management, ModelMetadata
+from tfmux.core.shadow import ShadowRunner, ShadowTally
 from tfmux.core.status import HistoryReport
 from tfmux.core.traffic import Routing, available
 from tfmux.errors import ErrorKind, ServingError, internal, not_found, unavailable
@@ -33,6 +34,7 @@ from tfmux.types import InferenceResult, ModelRef, VersionStatus
 SERVED_BY: ContextVar[list[str] | None] = ContextVar("tfmux_served_by", default=None)
 LATEST_SIGNATURES_SECONDS = 5.0  # how long "latest" keeps its cached signatures
 CONTROL_TIMEOUT = 120.0  # status and management calls to one replica
+SHADOW_TIMEOUT = 30.0  # a mirrored request's bound (and the request timeout's, if shorter)
 
 
 class ClusterService:
@@ -56,6 +58,10 @@ class ClusterService:
         self._fetching: dict[tuple[str, int | None], asyncio.Future[ModelMetadata]] = {}
         self.served: dict[tuple[str, bool], int] = {}  # (replica, hit) -> requests
         self.cluster_status = ClusterStatus(self._ask, router.snapshots, router.observe)
+        # Shadows as in single-process tfmux (core/shadow.py), forwarded like any request.
+        self.shadows = ShadowTally()
+        observers = cast(Observer, Observers(self._observer, self.shadows))
+        self._shadows = ShadowRunner(self._shadow_call, observers)
 
     # -- traffic -----------------------------------------------------------------------------
 
@@ -108,6 +114,8 @@ class ClusterService:
             result.inputs = tensors
             version = str(result.version)
             route.settle(ref.name, result, self._observer)
+            if route.shadow is not None:
+                self._shadows.submit(route.shadow, result)
             return result
         except ServingError as exc:
             error = exc.kind.value
@@ -118,6 +126,27 @@ class ClusterService:
         finally:
             seconds = time.perf_counter() - started
             self._observer.request_done(target.name, version, method, seconds, error)
+
+    async def _shadow_call(self, ref: ModelRef, primary: InferenceResult) -> InferenceResult:
+        """The mirrored request: the primary's inputs, signature and outputs, its version
+        chosen here (``latest`` too, as the single-process shadow leases it) and forwarded
+        like any request, so residency places it. Replicas count it under method "shadow".
+        Not counted in ``served`` nor named in the primary's served-by header."""
+        target = ref if ref.version is not None else ModelRef(ref.name, self._resolved(ref))
+        timeout = min(SHADOW_TIMEOUT, self._request_timeout or SHADOW_TIMEOUT)
+        outputs = list(primary.outputs)
+        request = Forwarded(
+            target.name, target.version, primary.inputs, primary.signature.name, outputs,
+            "shadow", None, timeout,
+        )  # fmt: skip
+        answer = await self._call("infer", request, model=target, timeout=timeout)
+        assert isinstance(answer, Answer)
+        if answer.snapshot is not None:
+            self.router.observe(answer.snapshot)
+        return answer.result
+
+    def _resolved(self, ref: ModelRef) -> int:
+        return self.manager.resolve(ref).version
 
     def _concrete(self, ref: ModelRef) -> ModelRef:
         """Labels resolved here, from the gateway's table: every replica then gets the same
@@ -231,6 +260,7 @@ class ClusterService:
             self.router.inflight(),
             self.management.enabled,
             self.management.admin_token is not None,
+            {c.name: self.shadows.counts(c.name) for c in models},
         )
 
     async def _ask(self, replica: str, method: str, *args: Any) -> Any:
@@ -283,6 +313,7 @@ class ClusterService:
         await self._each(self.router.replica_ids(), "reconfigure", configs)
         for name in set(served) - {c.name for c in configs}:
             self.manager.remove_model(name)
+        self.shadows.keep(c.name for c in configs)
         for config in configs:
             self.manager.add_model(config)
 
@@ -315,8 +346,9 @@ class ClusterService:
         return routing
 
     async def stop_shadows(self) -> None:
-        """No shadows here; the server calls this on its loop before ``close``, so the status
-        reads still in flight stop with it."""
+        """Cancel the mirrors still going; the server calls this on its loop before
+        ``close``, so the status reads still in flight stop with it."""
+        await self._shadows.close()
         await self.cluster_status.stop()
 
     def close(self, timeout: float | None = None) -> bool:

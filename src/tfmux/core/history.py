@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfmux.core.shadow import Shadowing, ShadowTally
+
 # Latency bins: 50 µs growing by 1.4x up to ~35 s; a percentile is its bin's geometric middle
 # (within ±20%), plenty for a dashboard and a constant 41 integers per version and interval.
 _RATIO = 1.4
@@ -79,16 +81,6 @@ class WindowStats:
     mean_batch_size: float | None
 
 
-@dataclass(frozen=True)
-class Shadowing:
-    """Mirrored requests of a model since the server started, by outcome."""
-
-    agree: int = 0
-    disagree: int = 0
-    error: int = 0
-    dropped: int = 0
-
-
 class TrafficHistory:
     """Thread-safe: observer events from any thread, ``tick`` and reads from the sampler's.
 
@@ -106,7 +98,7 @@ class TrafficHistory:
         self._windows: dict[tuple[str, str], np.ndarray] = {}
         self._arm_windows: dict[str, dict[str, np.ndarray]] = {}  # model -> arm -> ring
         self._series: dict[str, np.ndarray] = {}  # model -> (len(SERIES), points) float32
-        self._shadows: dict[str, list[int]] = {}
+        self._shadows = ShadowTally()
         self._arm_versions: dict[tuple[str, str], str] = {}
         self.ticks = 0  # intervals closed so far; the newest point is index (ticks-1) % points
         self.last_tick: float | None = None  # wall time the newest point ended
@@ -148,10 +140,7 @@ class TrafficHistory:
             self._arm_versions[name, arm] = version
 
     def shadow_done(self, name: str, outcome: str) -> None:
-        with self._lock:
-            counts = self._shadows.setdefault(name, [0, 0, 0, 0])
-            index = ("agree", "disagree", "error", "dropped").index(outcome)
-            counts[index] += 1
+        self._shadows.add(name, outcome)
 
     # -- the sampler -----------------------------------------------------------------------
 
@@ -168,6 +157,7 @@ class TrafficHistory:
         for (name, version), interval in closed.items():
             by_model.setdefault(name, []).append((version, interval))
         served = set(models)
+        self._shadows.keep(served)
         with self._lock:
             for key in [k for k in self._windows if k[0] not in served]:
                 del self._windows[key]
@@ -188,7 +178,6 @@ class TrafficHistory:
                     arm_ring[slot] = count
             for name in [n for n in self._series if n not in served]:
                 del self._series[name]
-                self._shadows.pop(name, None)
             for name in served:
                 ring = self._series.get(name)
                 if ring is None:
@@ -255,9 +244,7 @@ class TrafficHistory:
             }
 
     def shadowing(self, name: str) -> Shadowing:
-        with self._lock:
-            counts = self._shadows.get(name)
-        return Shadowing(*counts) if counts else Shadowing()
+        return self._shadows.counts(name)
 
     def series(self, name: str) -> dict[str, list[float | None]] | None:
         """A model's series, oldest point first (None where there was no data)."""

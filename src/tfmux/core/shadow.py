@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +24,49 @@ from tfmux.types import InferenceResult, ModelRef
 log = logging.getLogger("tfmux.shadow")
 
 ShadowCall = Callable[[ModelRef, InferenceResult], Awaitable[InferenceResult]]
+OUTCOMES = ("agree", "disagree", "error", "dropped")
+
+
+@dataclass(frozen=True)
+class Shadowing:
+    """Mirrored requests of a model since the server started, by outcome."""
+
+    agree: int = 0
+    disagree: int = 0
+    error: int = 0
+    dropped: int = 0
+
+
+class ShadowTally:
+    """Shadow outcomes counted per model since start (the status API reads them): the
+    single-process history and the cluster gateway count with it. Thread-safe and cheap."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, list[int]] = {}
+
+    def shadow_done(
+        self, name: str, version: str, shadow_version: str, outcome: str, diffs: dict[str, float]
+    ) -> None:
+        """The Observer event: one mirror of a request to ``name`` ended with ``outcome``."""
+        self.add(name, outcome)
+
+    def add(self, name: str, outcome: str) -> None:
+        index = OUTCOMES.index(outcome)
+        with self._lock:
+            self._counts.setdefault(name, [0, 0, 0, 0])[index] += 1
+
+    def counts(self, name: str) -> Shadowing:
+        with self._lock:
+            counts = self._counts.get(name)
+        return Shadowing(*counts) if counts else Shadowing()
+
+    def keep(self, names: Iterable[str]) -> None:
+        """Forget the models not in ``names`` (no longer served)."""
+        served = set(names)
+        with self._lock:
+            for name in [n for n in self._counts if n not in served]:
+                del self._counts[name]
 
 
 def compare(

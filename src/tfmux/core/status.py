@@ -15,6 +15,8 @@ from tfmux.core.history import TrafficHistory
 from tfmux.core.lifecycle import ModelVersion, State
 from tfmux.core.manager import ModelManager
 from tfmux.core.served import ServedModel
+from tfmux.core.shadow import Shadowing
+from tfmux.core.traffic import Routing
 
 OVERALL = ("requests_per_second", "memory_used_bytes", "queue_depth", "loads", "evictions")
 RECENT_EVENTS = 50  # events in an overview (the events API reads the whole ring)
@@ -240,11 +242,7 @@ class StatusBoard:
                 if number is None and arm.isdigit():
                     number = int(arm)
                 arms.append(ArmRow(arm, weight, number, round(rate, 3)))
-            mirror = routing.split.shadow
-            if mirror is not None:
-                seen = self.history.shadowing(name)
-                counts = (seen.agree, seen.disagree, seen.error, seen.dropped)
-                shadow = ShadowRow(mirror.target, mirror.percent, *counts)
+            shadow = shadow_row(routing, self.history.shadowing(name))
         versions = [self._version_row(mv) for _, mv in sorted(list(served.versions.items()))]
         return ModelRow(
             name=name,
@@ -279,6 +277,17 @@ class StatusBoard:
             p99_ms=_round(window.p99_ms),
             mean_batch_size=_round(window.mean_batch_size),
         )
+
+
+def shadow_row(routing: Routing, seen: Shadowing) -> ShadowRow | None:
+    """A model's shadow as the status shows it: where its split mirrors to, and how the
+    mirrors went (single-process and cluster status alike)."""
+    mirror = routing.split.shadow
+    if mirror is None:
+        return None
+    return ShadowRow(
+        mirror.target, mirror.percent, seen.agree, seen.disagree, seen.error, seen.dropped
+    )
 
 
 def _round(value: float | None) -> float | None:
