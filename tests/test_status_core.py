@@ -79,6 +79,12 @@ def test_history_is_bounded_in_time_and_models() -> None:
         history.request_done(f"nope{i}", "", "predict", 0.001, "NOT_FOUND")
     assert len(history._open) == MAX_OPEN
     assert history.tick(0.0, [], {}) == 0
+    history.known = {"a"}.__contains__  # what a watched board sets: the manager's serves
+    for i in range(100):  # with the served names known, unknown ones are not even tracked
+        history.request_done(f"nope{i}", "", "predict", 0.001, "NOT_FOUND")
+        history.batch_ran(f"nope{i}", "", 1, 1, [0.0])
+    history.request_done("a", "1", "predict", 0.001, None)
+    assert list(history._open) == [("a", "1")]
 
 
 def test_percentiles_of_histograms() -> None:

@@ -123,6 +123,7 @@ class StatusBoard:
     def watch(self, manager: ModelManager) -> None:
         """Report the models of ``manager`` (the manager reports its events to this board)."""
         self._watched = manager
+        self.history.known = manager.serves
 
     @property
     def _manager(self) -> ModelManager:
