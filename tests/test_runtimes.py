@@ -381,7 +381,8 @@ def test_load_errors_are_serving_errors(
 
 def test_auto_runtime_and_unknown_kind(runtime_models: dict[str, Path]) -> None:
     model = AutoRuntime(intra_op_threads=1).load(runtime_models["regression"])
-    assert (AutoRuntime.name, type(model).__name__, model.runtime) == ("auto", "TF1Model", "tf1")
+    # the session runtime: a graph that only reads its variables gets them fed (runtimes/fed.py)
+    assert (AutoRuntime.name, type(model).__name__, model.runtime) == ("auto", "FedModel", "tf1")
     model.close()
     with pytest.raises(ServingError, match="Unknown runtime kind 'onnx'") as info:
         load_model(runtime_models["binary"], "onnx")

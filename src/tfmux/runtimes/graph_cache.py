@@ -68,6 +68,12 @@ class SharedGraph:
     assign_op: str = ""  # reads the checkpoint into every variable (RestoreV2 -> assigns)
     run_init: bool = False
     users: int = 0
+    fed: Any = None  # a FedSession (runtimes/fed.py): one session, weights fed per version
+
+    def close(self) -> None:
+        """The graph left the cache: close the shared session of a fed graph."""
+        if self.fed is not None:
+            self.fed.close()
 
     def open_session(self, path: Path, config: Any) -> Any:
         """A new session on the graph with the variables of the SavedModel at ``path``."""
@@ -105,15 +111,20 @@ class GraphCache:
         self._idle_graphs = idle_graphs
         self._idle_bytes = idle_bytes
         self.imports = 0  # graphs imported (tests and the benchmark read it)
+        self.feed_variables = True  # fed graphs where possible (False: a session per version)
 
-    def acquire(self, path: Path, meta_graph: meta_graph_pb2.MetaGraphDef) -> SharedGraph | None:
+    def acquire(
+        self, path: Path, meta_graph: meta_graph_pb2.MetaGraphDef, config: Any = None
+    ) -> SharedGraph | None:
         """The shared graph for ``meta_graph`` (imported now if new), with one more user; None
-        when the graph cannot be shared (the caller loads it the usual way)."""
+        when the graph cannot be shared (the caller loads it the usual way). ``config``: the
+        ConfigProto of a fed graph's session, when this import makes it."""
         key = graph_key(meta_graph)
         with self._lock:  # imports are rare and ~10 ms: one at a time keeps it simple
             shared = self._graphs.get(key) or self._idle.pop(key, None)
             if shared is None:
-                shared = _import(key, path, meta_graph, meta_graph.ByteSize())
+                fed = self.feed_variables
+                shared = _import(key, path, meta_graph, meta_graph.ByteSize(), config, fed)
                 if shared is None:
                     return None
                 self.imports += 1
@@ -133,10 +144,12 @@ class GraphCache:
             while len(self._idle) > self._idle_graphs or (
                 sum(g.size for g in self._idle.values()) > self._idle_bytes
             ):
-                self._idle.popitem(last=False)
+                self._idle.popitem(last=False)[1].close()
 
     def clear_idle(self) -> None:
         with self._lock:
+            for shared in self._idle.values():
+                shared.close()
             self._idle.clear()
 
     def __len__(self) -> int:
@@ -173,10 +186,19 @@ def graph_key(meta_graph: meta_graph_pb2.MetaGraphDef) -> str:
 
 
 def _import(
-    key: str, path: Path, meta_graph: meta_graph_pb2.MetaGraphDef, size: int
+    key: str,
+    path: Path,
+    meta_graph: meta_graph_pb2.MetaGraphDef,
+    size: int,
+    config: Any = None,
+    feed_variables: bool = True,
 ) -> SharedGraph | None:
     tf2 = meta_graph_kind(meta_graph) == "tf2"
     assigns = _restore_map(meta_graph) if tf2 else None
+    if feed_variables and not _needs_init(meta_graph):
+        fed = _fed_session(meta_graph, assigns, config)
+        if fed is not None:
+            return SharedGraph(key, fed.graph, signature_specs(meta_graph), size, fed=fed)
     if tf2 and (assigns is None or _unrestored(meta_graph, assigns)):
         return None
     graph = tf.Graph()
@@ -205,6 +227,25 @@ def _import(
     shared.run_init = _needs_init(meta_graph)
     graph.finalize()  # nothing adds ops to a graph sessions share
     return shared
+
+
+def _fed_session(
+    meta_graph: meta_graph_pb2.MetaGraphDef, assigns: list[Any] | None, config: Any
+) -> Any:
+    """The FedSession of ``meta_graph`` when its signatures only read variables its
+    checkpoint restores whole (runtimes/fed_graph.py), else None."""
+    from tfmux.runtimes.fed import FedSession
+    from tfmux.runtimes.fed_graph import fed_graph, restore_map
+
+    if meta_graph_kind(meta_graph) == "tf2":
+        if assigns is None:
+            return None
+        restored = {variable: key for key, variable, _ in assigns}
+    else:
+        restored = restore_map(meta_graph.graph_def)
+    names = [name for name in meta_graph.signature_def if name != INIT_OP_SIGNATURE]
+    rewritten = fed_graph(meta_graph, restored, names)
+    return None if rewritten is None else FedSession(*rewritten, config)
 
 
 def _restore_map(meta_graph: meta_graph_pb2.MetaGraphDef) -> list[tuple[str, str, Any]] | None:
@@ -282,16 +323,21 @@ def _unrestored(meta_graph: meta_graph_pb2.MetaGraphDef, assigns: list[Any]) -> 
 
 
 def _needs_init(meta_graph: meta_graph_pb2.MetaGraphDef) -> bool:
-    """Whether the SavedModel has an init op that does something (not a lone NoOp)."""
+    """Whether the SavedModel has an init op that does something (not a lone NoOp; TF2 names
+    its ``NoOp`` both in the init signature and in the main-op collection)."""
     collections = meta_graph.collection_def
-    if any(c in collections and collections[c].node_list.value for c in _INIT_COLLECTIONS):
-        return True
+    names = [
+        name
+        for collection in _INIT_COLLECTIONS
+        if collection in collections
+        for name in collections[collection].node_list.value
+    ]
     init = meta_graph.signature_def.get(INIT_OP_SIGNATURE)
-    if init is None:
-        return False
+    if init is not None:
+        names.extend(info.name for info in init.outputs.values())
     nodes = {n.name: n for n in meta_graph.graph_def.node}
-    for info in init.outputs.values():
-        node = nodes.get(info.name.split(":")[0])
+    for name in names:
+        node = nodes.get(name.split(":")[0])
         if node is None or node.op != "NoOp" or node.input:
             return True
     return False

@@ -26,6 +26,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.client import pywrap_tf_session
 
+from tfmux.core.runtime import LoadedModel
 from tfmux.errors import ErrorKind, ServingError, failed_precondition, invalid_argument
 from tfmux.runtimes import collect_garbage
 from tfmux.runtimes.graph_cache import GRAPHS, SharedGraph
@@ -57,6 +58,7 @@ class _Plan:
         aliases: tuple[str, ...],
         outputs: tuple[str, ...],
         timeout_ms: int = 0,
+        weight_feeds: Sequence[str] = (),
     ) -> None:
         unknown = [alias for alias in aliases if alias not in spec.inputs]
         if unknown:
@@ -91,8 +93,9 @@ class _Plan:
         self._outputs = outputs
         # A callable takes no per-call options: its run timeout is fixed when it is made.
         run_options = config_pb2.RunOptions(timeout_in_ms=timeout_ms)
+        # A fed graph (runtimes/fed.py) also takes the version's weights, after the inputs.
         options = config_pb2.CallableOptions(
-            feed=list(feeds), fetch=fetches, run_options=run_options
+            feed=[*feeds, *weight_feeds], fetch=fetches, run_options=run_options
         )
         self._callable = self._run = None
         if fetches:  # a callable must fetch something
@@ -103,20 +106,37 @@ class _Plan:
                 pywrap_tf_session.TF_SessionRunCallable, session._session, self._callable._handle
             )
 
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def __call__(
+        self, inputs: Mapping[str, Any], weights: Sequence[Any] = ()
+    ) -> dict[str, np.ndarray]:
         values = list(inputs.values())
         for position, dtype in self._casts:
             if getattr(values[position], "dtype", None) != dtype:
                 values[position] = np.asarray(values[position], dtype)
         if self._feed_picks is not None:
             values = [values[position] for position in self._feed_picks]
-        results = self._run(values, None) if self._run is not None else []
+        if self._run is None:
+            results = []
+        else:
+            results = self._run([*values, *weights] if weights else values, None)
         if self._sources is None:
             return dict(zip(self._outputs, results, strict=True))
         return {
             alias: values[index] if fed else results[index]
             for alias, (fed, index) in zip(self._outputs, self._sources, strict=True)
         }
+
+
+def run_failure(exc: tf.errors.OpError, run_timeout_ms: int) -> ServingError:
+    """The ServingError for a failed call: DEADLINE_EXCEEDED past the maximum run time,
+    else the model's failure."""
+    if isinstance(exc, tf.errors.DeadlineExceededError) and run_timeout_ms:
+        seconds = run_timeout_ms / 1000
+        return ServingError(
+            ErrorKind.DEADLINE_EXCEEDED,
+            f"the model did not answer within the maximum run time ({seconds:g} s)",
+        )
+    return model_failure(exc)
 
 
 class TF1Model:
@@ -187,16 +207,8 @@ class TF1Model:
             if plan is None:
                 plan = self._make_plan(key)
             return plan(inputs)
-        except tf.errors.DeadlineExceededError as exc:
-            if not self._run_timeout_ms:
-                raise model_failure(exc) from exc
-            seconds = self._run_timeout_ms / 1000
-            raise ServingError(
-                ErrorKind.DEADLINE_EXCEEDED,
-                f"the model did not answer within the maximum run time ({seconds:g} s)",
-            ) from exc
         except tf.errors.OpError as exc:
-            raise model_failure(exc) from exc
+            raise run_failure(exc, self._run_timeout_ms) from exc
 
     def _make_plan(self, key: _PlanKey) -> _Plan:
         signature, aliases, output_names = key
@@ -296,7 +308,7 @@ class TF1Runtime:
             if inter_op_threads is not None:
                 self._config.inter_op_parallelism_threads = inter_op_threads
 
-    def load(self, path: Path) -> TF1Model:
+    def load(self, path: Path) -> LoadedModel:
         """With ``share_graphs`` (the default) versions with the same graph share it
         (graph_cache); without, every version goes through TensorFlow's v1 loader."""
         shared = (
@@ -307,13 +319,18 @@ class TF1Runtime:
 
 def load_shared(
     path: Path, config: tf.compat.v1.ConfigProto | None, run_timeout_ms: int = 0
-) -> TF1Model | None:
+) -> LoadedModel | None:
     """The version at ``path`` on a shared graph (graph_cache), or None when its graph cannot
     be shared (then it loads with TensorFlow's v1 loader)."""
-    shared = GRAPHS.acquire(path, serve_meta_graph(path))
+    shared = GRAPHS.acquire(path, serve_meta_graph(path), config)
     if shared is None:
         return None
     try:
+        if shared.fed is not None:  # one session for the graph, this version's weights fed
+            from tfmux.runtimes.fed import FedModel
+
+            release = functools.partial(GRAPHS.release, shared)
+            return FedModel(path, shared.fed, shared.signatures, release, run_timeout_ms)
         return TF1Model(path, config, shared, run_timeout_ms)
     except BaseException:
         GRAPHS.release(shared)
