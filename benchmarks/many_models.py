@@ -273,9 +273,28 @@ def offline(names: int, fits: int, exponent: float, requests: int, seed: int) ->
         "lru": replay("lru", sequence, unit, fits),
         "tinylfu": replay("tinylfu", sequence, unit, fits),
         "optimal": optimal_replay(sequence, unit, fits),
+        "known_popularity": known_popularity_replay([int(i) for i in picks], fits),
         "static_top": float(probabilities[:fits].sum()),
         "unlimited": 1 - len(set(sequence)) / requests,
     }
+
+
+def known_popularity_replay(ranks: list[int], fits: int) -> float:
+    """Hit rate of the best online policy for independent requests (Aho, Denning and Ullman's
+    A0): it knows each model's true popularity (rank 0 most popular) and, on a miss, evicts
+    the least popular resident. No policy that learns popularity from the requests does
+    better in expectation; the gap from it to Belady's optimum is the price of not knowing
+    the future, not of the policy."""
+    resident: set[int] = set()
+    hits = 0
+    for rank in ranks:
+        if rank in resident:
+            hits += 1
+            continue
+        if len(resident) >= fits:
+            resident.remove(max(resident))
+        resident.add(rank)
+    return hits / len(ranks) if ranks else 0.0
 
 
 def _loads(server: Any) -> float:

@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from tfmux.config import ModelConfig
-from tfmux.core.budget import Held, MemoryBudget
+from tfmux.core.budget import CHARGED, Held, MemoryBudget
 from tfmux.core.eviction import EvictionPolicy
 from tfmux.core.lifecycle import Lease, ModelVersion, State
 from tfmux.core.memory import MemoryProbe, ProcessMemory
@@ -255,11 +255,14 @@ class ModelManager:
         )
 
     def _held(self) -> list[Held]:
+        """Versions that hold memory (a thousand idle models add no objects here: the budget
+        asks for these on every load)."""
         with self._lock:
             return [
                 Held(mv, served.config.pinned)
                 for served in self._models.values()
                 for mv in served.versions.values()
+                if mv.state in CHARGED
             ]
 
     @staticmethod

@@ -53,6 +53,7 @@ _RESTORE_OPS = {"RestoreV2", "Const", "Identity", "AssignVariableOp", "NoOp"}
 _INIT_COLLECTIONS = ("saved_model_main_op", "legacy_init_op")
 IDLE_GRAPHS = 64  # graphs kept after their last version unloads (reloads skip the import)
 IDLE_BYTES = 64 * 1024 * 1024  # ... up to this many bytes of graph definitions
+KNOWN_FILES = 100_000  # saved_model.pb files whose graph key is remembered
 
 
 @dataclass
@@ -111,6 +112,7 @@ class GraphCache:
         self._idle_graphs = idle_graphs
         self._idle_bytes = idle_bytes
         self.imports = 0  # graphs imported (tests and the benchmark read it)
+        self._files: dict[tuple[int, ...], str] = {}  # saved_model.pb identity -> key
         self.feed_variables = True  # fed graphs where possible (False: a session per version)
 
     def acquire(
@@ -129,6 +131,25 @@ class GraphCache:
                     return None
                 self.imports += 1
             self._graphs[key] = shared
+            shared.users += 1
+            identity = _file_identity(path)
+            if identity:
+                if len(self._files) >= KNOWN_FILES:
+                    self._files.clear()
+                self._files[identity] = key
+            return shared
+
+    def acquire_known(self, path: Path) -> SharedGraph | None:
+        """The shared graph of a ``saved_model.pb`` file seen before and unchanged since (same
+        inode, size and modification time), with one more user, without reading it; None
+        when not known (then ``acquire``)."""
+        identity = _file_identity(path)
+        with self._lock:
+            key = self._files.get(identity) if identity else None
+            shared = (self._graphs.get(key) or self._idle.pop(key, None)) if key else None
+            if shared is None:
+                return None
+            self._graphs[key] = shared  # type: ignore[index]
             shared.users += 1
             return shared
 
@@ -155,6 +176,14 @@ class GraphCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._graphs) + len(self._idle)
+
+
+def _file_identity(path: Path) -> tuple[int, ...] | None:
+    try:
+        stat = (path / "saved_model.pb").stat()
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 GRAPHS = GraphCache()

@@ -322,7 +322,7 @@ def load_shared(
 ) -> LoadedModel | None:
     """The version at ``path`` on a shared graph (graph_cache), or None when its graph cannot
     be shared (then it loads with TensorFlow's v1 loader)."""
-    shared = GRAPHS.acquire(path, serve_meta_graph(path), config)
+    shared = GRAPHS.acquire_known(path) or GRAPHS.acquire(path, serve_meta_graph(path), config)
     if shared is None:
         return None
     try:
