@@ -134,6 +134,27 @@ def test_a_checkpoint_of_another_shape_is_a_clear_error(
         good.close()
 
 
+def test_a_corrupt_checkpoint_is_refused_by_its_checksum(
+    farm: dict[str, Path], tmp_path: Path
+) -> None:
+    corrupt = tmp_path / "corrupt" / "1"
+    shutil.copytree(farm["b"] / "1", corrupt)
+    data = next((corrupt / "variables").glob("variables.data-*"))
+    raw = bytearray(data.read_bytes())
+    raw[0] ^= 0xFF  # w's 12 bytes are first or last (after the object graph)
+    raw[-1] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ServingError) as info:
+        load_model(corrupt, "tf1")
+    assert "checksum" in info.value.message and str(corrupt) in info.value.message
+    good = load_model(farm["b"] / "1")
+    try:
+        y = good.run("serving_default", {"x": ROWS})["y"]
+        np.testing.assert_allclose(y, expected(SCALES["b"], ROWS), rtol=1e-6)
+    finally:
+        good.close()
+
+
 def counter(path: Path) -> Path:
     """A TF2 signature that assigns its variable: state per version, so not fed."""
     tf = import_tensorflow()

@@ -26,13 +26,14 @@ from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.client import pywrap_tf_session
 
-from tfmux.errors import failed_precondition, internal, invalid_argument
+from tfmux.errors import ErrorKind, ServingError, failed_precondition, internal, invalid_argument
+from tfmux.runtimes import bundle
 from tfmux.runtimes.fed_graph import FedVariable
 from tfmux.runtimes.savedmodel import find_signature, from_op_error, select_outputs
 from tfmux.runtimes.tf1 import _Plan, _PlanKey, run_failure
 from tfmux.types import SignatureSpec
 
-_ALIGNMENT = 64  # TensorFlow feeds an ndarray without a copy when its data is this aligned
+_ALIGNMENT = bundle.ALIGNMENT
 
 
 class FedSession:
@@ -47,6 +48,7 @@ class FedSession:
     ) -> None:
         self.variables = variables
         self.feeds = [v.feed for v in variables]
+        self._keys = [v.key for v in variables]
         self.graph = tf.Graph()
         with self.graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
@@ -70,17 +72,32 @@ class FedSession:
         self._closed = False
 
     def read_weights(self, path: Path) -> list[np.ndarray]:
-        """The variables of the SavedModel at ``path``, in ``variables`` order, aligned."""
+        """The variables of the SavedModel at ``path``, in ``variables`` order, aligned: read
+        from the checkpoint's files directly when they are plain tensors (``bundle.py``,
+        checksums verified), else by the graph's ``RestoreV2``."""
         prefix = str(path / "variables" / "variables")
+        failed = f"Failed to load SavedModel at {path}: "
         try:
-            arrays = self._read([np.array(prefix.encode(), dtype=object)], None)
-        except tf.errors.OpError as exc:
-            raise from_op_error(exc, f"Failed to load SavedModel at {path}: ") from exc
+            arrays = bundle.read_tensors(prefix, self._keys)
+        except FileNotFoundError as exc:
+            raise ServingError(ErrorKind.NOT_FOUND, failed + str(exc)) from exc
+        except (OSError, bundle.BundleError) as exc:
+            raise ServingError(ErrorKind.INTERNAL, failed + str(exc)) from exc
+        if arrays is None:
+            try:
+                arrays = self._read([np.array(prefix.encode(), dtype=object)], None)
+            except tf.errors.OpError as exc:
+                raise from_op_error(exc, failed) from exc
         for variable, array in zip(self.variables, arrays, strict=True):
+            if array.dtype != tf.dtypes.as_dtype(variable.dtype).as_numpy_dtype:
+                raise invalid_argument(
+                    f"{failed}variable {variable.feed[:-2]} is {array.dtype} in the "
+                    f"checkpoint, the graph expects {tf.dtypes.as_dtype(variable.dtype).name}"
+                )
             if variable.shape is not None and not _fits(variable.shape, array.shape):
                 raise invalid_argument(
-                    f"Failed to load SavedModel at {path}: variable {variable.feed[:-2]} has "
-                    f"shape {list(array.shape)} in the checkpoint, the graph expects "
+                    f"{failed}variable {variable.feed[:-2]} has shape {list(array.shape)} in "
+                    "the checkpoint, the graph expects "
                     f"{[d if d is not None else -1 for d in variable.shape]}"
                 )
         return [_aligned(array) for array in arrays]
