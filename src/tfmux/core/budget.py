@@ -100,7 +100,8 @@ class MemoryBudget:
             self._window.release()
 
     def _admit(self, mv: ModelVersion) -> None:
-        estimate = int(size_on_disk(mv.path) * self._ratio)
+        disk = size_on_disk(mv.path)  # walked once per load: measured against it after
+        estimate = int(disk * self._ratio)
         while True:
             with self._lock:
                 mv.memory_estimate = estimate
@@ -115,7 +116,7 @@ class MemoryBudget:
             alone = self._loading == 0
             self._loading += 1
             self._epoch += 1
-            mv.measuring = (self._epoch if alone else -1, rss_before)
+            mv.measuring = (self._epoch if alone else -1, rss_before, disk)
 
     def _claim_victims(self, mv: ModelVersion) -> tuple[list[ModelVersion], bool]:
         if self.limit is None:
@@ -160,7 +161,7 @@ class MemoryBudget:
         alone (no other load running at any time during it)."""
         if mv.measuring is None:
             return  # never admitted: the load failed before admission ended
-        (token, rss_before), mv.measuring = mv.measuring, None
+        (token, rss_before, disk), mv.measuring = mv.measuring, None
         try:
             rss_after = self._probe.rss() if ok else rss_before
         finally:
@@ -174,7 +175,6 @@ class MemoryBudget:
         if measured <= 0:
             return  # reused memory already held (or another unload): nothing to attribute
         mv.memory_measured = measured
-        disk = size_on_disk(mv.path)
         if disk > 0:
             observed = min(max(measured / disk, 0.5), 10.0)
             with self._lock:

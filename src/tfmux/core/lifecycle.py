@@ -113,7 +113,8 @@ class ModelVersion:
         self.memory_estimate = 0
         self.memory_measured: int | None = None
         self.evicted = False  # unloaded to make room; a request may load it again
-        self.measuring: tuple[int, int] | None = None  # the budget's (token, RSS before load)
+        # the budget's (token, RSS before the load, bytes on disk)
+        self.measuring: tuple[int, int, int] | None = None
 
     @property
     def state(self) -> State:

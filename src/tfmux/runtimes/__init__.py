@@ -60,6 +60,9 @@ def load_model(path: Path, kind: str = "auto", **session_options: Any) -> Loaded
     runtime = TF1Runtime(**session_options)
     if kind == "tf1":
         return runtime.load(path)
+    known = runtime.load_known(path)  # a graph already shared: the session runtime serves it
+    if known is not None:
+        return known
     from tfmux.runtimes.savedmodel import meta_graph_kind, serve_meta_graph, signature_specs
 
     meta_graph = serve_meta_graph(path)

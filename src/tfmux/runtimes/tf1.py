@@ -308,6 +308,16 @@ class TF1Runtime:
             if inter_op_threads is not None:
                 self._config.inter_op_parallelism_threads = inter_op_threads
 
+    def load_known(self, path: Path) -> LoadedModel | None:
+        """The version at ``path`` when its ``saved_model.pb`` is one whose shared graph is
+        loaded or idle (no parse), else None."""
+        if not self._share_graphs:
+            return None
+        shared = GRAPHS.acquire_known(path)
+        return (
+            None if shared is None else _on_shared(path, shared, self._config, self._run_timeout_ms)
+        )
+
     def load(self, path: Path) -> LoadedModel:
         """With ``share_graphs`` (the default) versions with the same graph share it
         (graph_cache); without, every version goes through TensorFlow's v1 loader."""
@@ -323,8 +333,13 @@ def load_shared(
     """The version at ``path`` on a shared graph (graph_cache), or None when its graph cannot
     be shared (then it loads with TensorFlow's v1 loader)."""
     shared = GRAPHS.acquire_known(path) or GRAPHS.acquire(path, serve_meta_graph(path), config)
-    if shared is None:
-        return None
+    return None if shared is None else _on_shared(path, shared, config, run_timeout_ms)
+
+
+def _on_shared(
+    path: Path, shared: SharedGraph, config: tf.compat.v1.ConfigProto | None, run_timeout_ms: int
+) -> LoadedModel:
+    """The version at ``path`` on ``shared`` (acquired for it; released if the load fails)."""
     try:
         if shared.fed is not None:  # one session for the graph, this version's weights fed
             from tfmux.runtimes.fed import FedModel
