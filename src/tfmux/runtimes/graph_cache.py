@@ -53,6 +53,9 @@ _RESTORE_OPS = {"RestoreV2", "Const", "Identity", "AssignVariableOp", "NoOp"}
 _INIT_COLLECTIONS = ("saved_model_main_op", "legacy_init_op")
 IDLE_GRAPHS = 64  # graphs kept after their last version unloads (reloads skip the import)
 IDLE_BYTES = 64 * 1024 * 1024  # ... up to this many bytes of graph definitions
+# Idle fed graphs keep their session (~0.35 MiB for a small graph, not charged to the budget):
+# only this many of them.
+IDLE_SESSIONS = 8
 KNOWN_FILES = 100_000  # saved_model.pb files whose graph key is remembered
 
 
@@ -166,6 +169,9 @@ class GraphCache:
                 sum(g.size for g in self._idle.values()) > self._idle_bytes
             ):
                 self._idle.popitem(last=False)[1].close()
+            sessions = [k for k, g in self._idle.items() if g.fed is not None]
+            for key in sessions[: max(0, len(sessions) - IDLE_SESSIONS)]:
+                self._idle.pop(key).close()
 
     def clear_idle(self) -> None:
         with self._lock:
