@@ -29,15 +29,14 @@ from tensorflow.core.framework import (
     attr_value_pb2,
     function_pb2,
     graph_pb2,
-    node_def_pb2,
     types_pb2,
 )
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.framework import op_def_registry
 
-VARIABLE_OPS = frozenset({"VarHandleOp", "VariableV2", "Variable"})
+from tfmux.runtimes.restore_map import VARIABLE_OPS
+
 CALL_OPS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
-_ASSIGN_OPS = frozenset({"Assign", "AssignVariableOp"})
 
 
 @dataclass(frozen=True)
@@ -68,56 +67,8 @@ def fed_graph(
         return None
 
 
-def restore_map(graph_def: graph_pb2.GraphDef) -> dict[str, str]:
-    """Variable node name -> checkpoint key, for variables a graph-level saver restores
-    (TF1: ``Assign``/``AssignVariableOp`` of a ``RestoreV2`` output, whole tensors only)."""
-    nodes = {n.name: n for n in graph_def.node}
-    result: dict[str, str] = {}
-    for node in graph_def.node:
-        if node.op not in _ASSIGN_OPS or len(node.input) < 2:
-            continue
-        source = _follow_identities(nodes, node.input[1])
-        if source is None:
-            continue
-        restore, index = source
-        names = _string_const(nodes, restore.input[1]) if len(restore.input) > 2 else None
-        slices = _string_const(nodes, restore.input[2]) if len(restore.input) > 2 else None
-        if names is None or slices is None or index >= len(names) or any(slices):
-            continue
-        variable = _node_name(node.input[0])
-        if variable in nodes and nodes[variable].op in VARIABLE_OPS:
-            result[variable] = names[index]
-    return result
-
-
 def _node_name(ref: str) -> str:
     return ref.lstrip("^").split(":")[0]
-
-
-def _follow_identities(
-    nodes: Mapping[str, node_def_pb2.NodeDef], ref: str
-) -> tuple[node_def_pb2.NodeDef, int] | None:
-    for _ in range(len(nodes) + 1):
-        node = nodes.get(_node_name(ref))
-        if node is None:
-            return None
-        if node.op == "RestoreV2":
-            parts = ref.split(":")
-            return node, int(parts[1]) if len(parts) > 1 else 0
-        if node.op != "Identity" or not node.input:
-            return None
-        ref = node.input[0]
-    return None
-
-
-def _string_const(nodes: Mapping[str, node_def_pb2.NodeDef], ref: str) -> list[str] | None:
-    from tensorflow.python.framework import tensor_util
-
-    node = nodes.get(_node_name(ref))
-    if node is None or node.op != "Const":
-        return None
-    values = tensor_util.MakeNdarray(node.attr["value"].tensor)
-    return [v.decode() for v in values.reshape(-1)]
 
 
 def _shape(attr: object) -> tuple[int | None, ...] | None:
@@ -141,20 +92,25 @@ class _Rewrite:
         self, signature_names: Iterable[str]
     ) -> tuple[graph_pb2.GraphDef, list[FedVariable]] | None:
         roots = []
+        outputs = set()
         for name in signature_names:
             signature = self._meta.signature_def[name]
             for info in [*signature.inputs.values(), *signature.outputs.values()]:
                 if not info.name:  # composite tensors
                     raise _Unfit("a signature tensor without a name")
                 roots.append(_node_name(info.name))
+            outputs.update(_node_name(info.name) for info in signature.outputs.values())
         kept = self._ancestors(roots)
         variables = {n for n in kept if self._nodes[n].op in VARIABLE_OPS}
+        if variables & outputs:
+            raise _Unfit("a signature outputs a variable itself")
         if not variables:
             return None  # nothing to feed: the session way costs the same
         fed: list[FedVariable] = []
         out = graph_pb2.GraphDef()
         out.versions.CopyFrom(self._graph.versions)
-        for name in sorted(kept, key=list(self._nodes).index):
+        order = {name: i for i, name in enumerate(self._nodes)}
+        for name in sorted(kept, key=order.__getitem__):
             node = out.node.add()
             node.CopyFrom(self._nodes[name])
             if name in variables:

@@ -29,17 +29,21 @@ import hashlib
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow.python.framework import tensor_util
 from tensorflow.python.saved_model import loader_impl
 
 from tfmux.errors import ServingError, internal
+from tfmux.runtimes.restore_map import (
+    needs_init,
+    tf1_restore_map,
+    tf2_restore_map,
+    unrestored,
+)
 from tfmux.runtimes.savedmodel import (
     INIT_OP_SIGNATURE,
     SERVE_TAG,
@@ -49,8 +53,6 @@ from tfmux.runtimes.savedmodel import (
 )
 from tfmux.types import SignatureSpec
 
-_RESTORE_OPS = {"RestoreV2", "Const", "Identity", "AssignVariableOp", "NoOp"}
-_INIT_COLLECTIONS = ("saved_model_main_op", "legacy_init_op")
 IDLE_GRAPHS = 64  # graphs kept after their last version unloads (reloads skip the import)
 IDLE_BYTES = 64 * 1024 * 1024  # ... up to this many bytes of graph definitions
 # Idle fed graphs keep their session (~0.35 MiB for a small graph, not charged to the budget):
@@ -229,12 +231,12 @@ def _import(
     feed_variables: bool = True,
 ) -> SharedGraph | None:
     tf2 = meta_graph_kind(meta_graph) == "tf2"
-    assigns = _restore_map(meta_graph) if tf2 else None
-    if feed_variables and not _needs_init(meta_graph):
+    assigns = tf2_restore_map(meta_graph) if tf2 else None
+    if feed_variables and not needs_init(meta_graph):
         fed = _fed_session(meta_graph, assigns, config)
         if fed is not None:
             return SharedGraph(key, fed.graph, signature_specs(meta_graph), size, fed=fed)
-    if tf2 and (assigns is None or _unrestored(meta_graph, assigns)):
+    if tf2 and (assigns is None or unrestored(meta_graph, assigns)):
         return None
     graph = tf.Graph()
     with graph.as_default():
@@ -259,7 +261,7 @@ def _import(
             ]
             shared.prefix_feed = prefix.name
             shared.assign_op = tf.group(*ops, name="tfmux_restore/all").name
-    shared.run_init = _needs_init(meta_graph)
+    shared.run_init = needs_init(meta_graph)
     graph.finalize()  # nothing adds ops to a graph sessions share
     return shared
 
@@ -270,109 +272,14 @@ def _fed_session(
     """The FedSession of ``meta_graph`` when its signatures only read variables its
     checkpoint restores whole (runtimes/fed_graph.py), else None."""
     from tfmux.runtimes.fed import FedSession
-    from tfmux.runtimes.fed_graph import fed_graph, restore_map
+    from tfmux.runtimes.fed_graph import fed_graph
 
     if meta_graph_kind(meta_graph) == "tf2":
         if assigns is None:
             return None
         restored = {variable: key for key, variable, _ in assigns}
     else:
-        restored = restore_map(meta_graph.graph_def)
+        restored = tf1_restore_map(meta_graph.graph_def)
     names = [name for name in meta_graph.signature_def if name != INIT_OP_SIGNATURE]
     rewritten = fed_graph(meta_graph, restored, names)
     return None if rewritten is None else FedSession(*rewritten, config)
-
-
-def _restore_map(meta_graph: meta_graph_pb2.MetaGraphDef) -> list[tuple[str, str, Any]] | None:
-    """(checkpoint key, variable op name, dtype) for every variable the SavedModel's restore
-    function assigns; None unless that function is RestoreV2 -> AssignVariableOp only."""
-    restore = meta_graph.saver_def.restore_op_name
-    call = next((n for n in meta_graph.graph_def.node if n.name == restore), None)
-    if call is None or call.op not in ("StatefulPartitionedCall", "PartitionedCall"):
-        return None
-    functions = {f.signature.name: f for f in meta_graph.graph_def.library.function}
-    body = functions.get(call.attr["f"].func.name)
-    if body is None or any(n.op not in _RESTORE_OPS for n in body.node_def):
-        return None
-    outer = [name for name in call.input if not name.startswith("^")]
-    args = {arg.name: outer[i] for i, arg in enumerate(body.signature.input_arg)}
-    nodes = {n.name: n for n in body.node_def}
-    names: dict[str, list[str]] = {}
-    for node in body.node_def:
-        if node.op == "RestoreV2":
-            const = nodes.get(node.input[1].split(":")[0])
-            if const is None or const.op != "Const":
-                return None
-            values = tensor_util.MakeNdarray(const.attr["value"].tensor)
-            names[node.name] = [v.decode() for v in values.reshape(-1)]
-    result = []
-    for node in body.node_def:
-        if node.op != "AssignVariableOp":
-            continue
-        variable = args.get(node.input[0])
-        source = _through_identities(nodes, node.input[1])
-        if variable is None or source is None or source[0] not in names:
-            return None
-        restored, index = source
-        result.append((names[restored][index], variable.split(":")[0], node.attr["dtype"].type))
-    return result
-
-
-def _through_identities(nodes: Mapping[str, Any], ref: str) -> tuple[str, int] | None:
-    """Follow ``Identity`` nodes from a function-body tensor reference to ``(RestoreV2 node,
-    output index)``."""
-    for _ in range(len(nodes) + 1):
-        parts = ref.split(":")
-        node = nodes.get(parts[0])
-        if node is None:
-            return None
-        if node.op == "RestoreV2" and len(parts) == 3:
-            return node.name, int(parts[2])
-        if node.op != "Identity":
-            return None
-        ref = node.input[0]
-    return None
-
-
-def _unrestored(meta_graph: meta_graph_pb2.MetaGraphDef, assigns: list[Any]) -> bool:
-    """Whether a signature reads a variable the checkpoint does not restore."""
-    nodes = {n.name: n for n in meta_graph.graph_def.node}
-    restored = {variable for _, variable, _ in assigns}
-    stack = [
-        info.name.split(":")[0]
-        for name, sig in meta_graph.signature_def.items()
-        if name != INIT_OP_SIGNATURE
-        for info in sig.outputs.values()
-    ]
-    seen: set[str] = set()
-    while stack:
-        name = stack.pop().lstrip("^").split(":")[0]
-        if name in seen or name not in nodes:
-            continue
-        seen.add(name)
-        node = nodes[name]
-        if node.op == "VarHandleOp" and name not in restored:
-            return True
-        stack.extend(node.input)
-    return False
-
-
-def _needs_init(meta_graph: meta_graph_pb2.MetaGraphDef) -> bool:
-    """Whether the SavedModel has an init op that does something (not a lone NoOp; TF2 names
-    its ``NoOp`` both in the init signature and in the main-op collection)."""
-    collections = meta_graph.collection_def
-    names = [
-        name
-        for collection in _INIT_COLLECTIONS
-        if collection in collections
-        for name in collections[collection].node_list.value
-    ]
-    init = meta_graph.signature_def.get(INIT_OP_SIGNATURE)
-    if init is not None:
-        names.extend(info.name for info in init.outputs.values())
-    nodes = {n.name: n for n in meta_graph.graph_def.node}
-    for name in names:
-        node = nodes.get(name.split(":")[0])
-        if node is None or node.op != "NoOp" or node.input:
-            return True
-    return False
