@@ -125,6 +125,12 @@ class ModelVersion:
         return self._error
 
     @property
+    def model_bytes(self) -> int:
+        """Bytes the loaded model says it holds (a fed version: its weights); 0 when it does
+        not say."""
+        return int(getattr(self._model, "memory_bytes", 0) or 0)
+
+    @property
     def leases(self) -> int:
         return self._leases
 

@@ -168,7 +168,8 @@ class FedModel:
         return self._signatures
 
     @property
-    def weight_bytes(self) -> int:
+    def memory_bytes(self) -> int:
+        """The version's weights: what it holds (the budget charges at least this)."""
         return sum(a.nbytes for a in self._weights or ())
 
     def run(
