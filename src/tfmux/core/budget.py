@@ -169,12 +169,11 @@ class MemoryBudget:
         with self._lock:
             alone = self._epoch == token and self._loading == 1
             self._loading -= 1
-        own = mv.model_bytes if ok else 0  # a fed version holds at least its weights
         if not ok or not alone:
-            if own:
-                mv.memory_measured = own
             return
-        measured = max(rss_after - rss_before, own)
+        # A fed version holds at least its weights, even when the RSS delta says less
+        # (memory the process already held was reused).
+        measured = max(rss_after - rss_before, mv.model_bytes)
         if measured <= 0:
             return  # reused memory already held (or another unload): nothing to attribute
         mv.memory_measured = measured
