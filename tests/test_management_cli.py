@@ -76,7 +76,8 @@ def test_models_prints_a_table(server) -> None:
     assert out.returncode == 0, out.stderr
     header = next(line for line in out.stdout.splitlines() if "model" in line)
     assert re.search(r"model\W+version\W+state\W+memory\W+reason", header)
-    assert re.search(r"binary\W+1\W+READY\W+[\d.]+ [KM]iB", out.stdout), out.stdout
+    # a version on a graph the process already holds is charged its weights: maybe bytes
+    assert re.search(r"binary\W+1\W+READY\W+[\d.]+ (?:[KM]i)?B", out.stdout), out.stdout
 
 
 class Lines:
