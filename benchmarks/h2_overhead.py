@@ -32,30 +32,24 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import servers
-from benchmarks.common import LOAD_CORE, RESULTS, ROOT, log
+from benchmarks.common import (
+    LOAD_CORE,
+    RESULTS,
+    ROOT,
+    binary_predict_request,
+    log,
+    percentile,
+)
 from benchmarks.servers import Server, free_port, http_ok
-
-ROWS = [[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def client(conn: Connection) -> None:
     """On ("run", port, seconds, concurrency): Predict calls for that long, answers figures."""
     os.sched_setaffinity(0, {LOAD_CORE})
     import grpc
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "binary"
-    x = request.inputs["x"]
-    x.dtype = 1  # DT_FLOAT
-    x.tensor_shape.dim.add(size=2)
-    x.tensor_shape.dim.add(size=3)
-    x.float_val.extend(v for row in ROWS for v in row)
+    request = binary_predict_request()
     channels: dict[int, Any] = {}
     conn.send("ready")
     while (command := conn.recv()) != "stop":
@@ -94,8 +88,8 @@ def client(conn: Connection) -> None:
         conn.send(
             {
                 "calls_per_s": calls / elapsed,
-                "p50_ms": _percentile(latencies, 0.5),
-                "p99_ms": _percentile(latencies, 0.99),
+                "p50_ms": percentile(latencies, 0.5),
+                "p99_ms": percentile(latencies, 0.99),
                 "errors": errors,
                 "error_samples": sorted(samples)[:3],
             }

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import attacks_rest, servers
-from benchmarks.common import LOAD_CORE, RESULTS, log
+from benchmarks.common import LOAD_CORE, RESULTS, ROWS, binary_predict_request, log, percentile
 from benchmarks.servers import Server, free_port, http_ok
 
 try:
@@ -43,7 +43,6 @@ try:
 except ImportError:  # not merged yet, or hpack missing
     attacks_h2 = None  # type: ignore[assignment]
 
-ROWS = [[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]]
 Attack = Callable[[str, int, int, float], dict[str, Any]]
 
 
@@ -92,28 +91,15 @@ def _h2(name: str, fn: Callable[..., Any]) -> Attack:
 # -- the processes ------------------------------------------------------------------------------
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def client(conn: Connection, http_port: int, grpc_port: int) -> None:
     """The well-behaved client: on each ("run", seconds), alternates REST and gRPC predicts
     for that long and answers with latencies (ms) and errors."""
     os.sched_setaffinity(0, {LOAD_CORE})
     import grpc
     import httpx
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "binary"
-    x = request.inputs["x"]
-    x.dtype = 1  # DT_FLOAT
-    x.tensor_shape.dim.add(size=2)
-    x.tensor_shape.dim.add(size=3)
-    x.float_val.extend(v for row in ROWS for v in row)
+    request = binary_predict_request()
     http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10)
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
@@ -142,11 +128,11 @@ def client(conn: Connection, http_port: int, grpc_port: int) -> None:
         conn.send(
             {
                 "rest_count": len(rest),
-                "rest_p50": _percentile(rest, 0.5),
-                "rest_p99": _percentile(rest, 0.99),
+                "rest_p50": percentile(rest, 0.5),
+                "rest_p99": percentile(rest, 0.99),
                 "grpc_count": len(grpc_ms),
-                "grpc_p50": _percentile(grpc_ms, 0.5),
-                "grpc_p99": _percentile(grpc_ms, 0.99),
+                "grpc_p50": percentile(grpc_ms, 0.5),
+                "grpc_p99": percentile(grpc_ms, 0.99),
                 "errors": len(errors),
                 "error_samples": sorted(set(errors))[:5],
             }
