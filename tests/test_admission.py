@@ -65,7 +65,7 @@ def test_abuse_past_the_burst_throttles_newcomers_until_the_window_passes() -> N
     g.note_abuse()
     assert g.throttled
     assert [g.decide() for _ in range(3)] == [Admit.ACCEPT, Admit.ACCEPT, Admit.DROP]
-    g.nobody_came()  # a decision that found no connection is taken back
+    g.nobody_came()  # a decision that found no connection is taken back (and not counted)
     assert g.counts["dropped"] == 0
     clock.now += 0.5
     assert g.decide() is Admit.ACCEPT

@@ -46,10 +46,6 @@ class Acceptor:
         self._reading = False
         self._closed = False
 
-    @property
-    def sockets(self) -> list[socket.socket]:
-        return [self.sock]
-
     def start(self) -> None:
         if not self._closed and not self._reading:
             self._loop.add_reader(self.sock.fileno(), self._on_readable)
@@ -84,6 +80,7 @@ class Acceptor:
                     self._pause(OUT_OF_FILES_PAUSE)
                     return
                 raise
+            self._gate.done(decision)
             if decision is Admit.DROP:
                 conn.close()
                 continue

@@ -118,18 +118,20 @@ class AdmissionGate:
         self._throttled_until = float("-inf")
         self.wait = 0.0  # after WAIT: how long to leave the backlog alone
         self._taken: list[TokenBucket] = []  # what the last decision spent
-        self._last = Admit.ACCEPT
         self.counts = dict.fromkeys(("refused", "waited", "dropped", "throttled", "abuse"), 0)
 
     def nobody_came(self) -> None:
-        """The last decision found no connection pending: it is taken back."""
+        """The last decision found no connection pending: its tokens are given back."""
         for bucket in self._taken:
             bucket.give_back()
         self._taken = []
-        if self._last is Admit.REFUSE:
-            self.counts["refused"] -= 1
-        elif self._last is Admit.DROP:
-            self.counts["dropped"] -= 1
+
+    def done(self, decision: Admit) -> None:
+        """A connection was accepted under ``decision`` (counted only then)."""
+        if decision is Admit.REFUSE:
+            self.counts["refused"] += 1
+        elif decision is Admit.DROP:
+            self.counts["dropped"] += 1
 
     @property
     def throttled(self) -> bool:
@@ -146,21 +148,15 @@ class AdmissionGate:
     def decide(self, pending: int = 0) -> Admit:
         """For the next pending connection; ``pending``: accepted, not yet open (counted)."""
         self._taken = []
-        self._last = self._decide(pending)
-        return self._last
-
-    def _decide(self, pending: int) -> Admit:
         now = self._clock()
         if now < self._throttled_until:
             if not self._throttle.take(now):
-                self.counts["dropped"] += 1
                 return Admit.DROP
             self._taken.append(self._throttle)
         if self._open() + pending < self.max_connections:
             return Admit.ACCEPT
         if self._refusals.take(now):
             self._taken.append(self._refusals)
-            self.counts["refused"] += 1
             return Admit.REFUSE
         self.wait = min(self._refusals.wait(now), 0.05)  # a slot may free before a token
         self.counts["waited"] += 1
