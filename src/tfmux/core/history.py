@@ -95,6 +95,7 @@ class TrafficHistory:
         self._slots = max(1, round(WINDOW_SECONDS / resolution))
         self._lock = threading.Lock()
         self.known: Callable[[str], bool] | None = None  # which names are served (None: all)
+        self._served: set[str] = set()  # names ``known`` said yes to since the last close
         self._open: dict[tuple[str, str], _Interval] = {}
         self._routed: dict[tuple[str, str], int] = {}  # (model, arm) -> count, open interval
         self._windows: dict[tuple[str, str], np.ndarray] = {}
@@ -110,7 +111,7 @@ class TrafficHistory:
     def request_done(
         self, name: str, version: str, method: str, seconds: float, error: str | None
     ) -> None:
-        if self.known is not None and not self.known(name):
+        if not self._tracks(name):
             return
         with self._lock:
             interval = self._open.get((name, version))
@@ -127,7 +128,7 @@ class TrafficHistory:
     def batch_ran(
         self, name: str, version: str, rows: int, requests: int, queue_seconds: list[float]
     ) -> None:
-        if self.known is not None and not self.known(name):
+        if not self._tracks(name):
             return
         with self._lock:
             interval = self._open.get((name, version))
@@ -137,6 +138,16 @@ class TrafficHistory:
                 interval = self._open[name, version] = _Interval()
             interval.batch_rows += rows
             interval.batches += 1
+
+    def _tracks(self, name: str) -> bool:
+        """Whether requests for ``name`` are counted: a set lookup for served names (the
+        manager is asked once per name and interval, and for every unknown one)."""
+        if self.known is None or name in self._served:
+            return True
+        if self.known(name):
+            self._served.add(name)
+            return True
+        return False
 
     def routed(self, name: str, arm: str, version: str) -> None:
         with self._lock:
@@ -163,6 +174,7 @@ class TrafficHistory:
         for (name, version), interval in closed.items():
             by_model.setdefault(name, []).append((version, interval))
         served = set(models)
+        self._served = set(served)  # names removed since are asked about again
         self._shadows.keep(served)
         with self._lock:
             for key in [k for k in self._windows if k[0] not in served]:
