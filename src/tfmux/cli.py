@@ -201,7 +201,7 @@ def main() -> None:
     "--http-max-connections",
     type=int,
     default=None,
-    help="Open REST connections; a newer one gets 503 and is closed.  [default: 1000]",
+    help="Open REST connections; past it a few newcomers get 503, the rest wait.  [default: 1000]",
 )
 @click.option(
     "--http-header-timeout",
