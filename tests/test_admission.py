@@ -86,6 +86,46 @@ def test_abuse_spread_out_below_the_rate_never_throttles() -> None:
     assert not g.throttled
 
 
+def test_an_opened_connection_is_counted_once_by_the_acceptor() -> None:
+    """A connection is counted as pending until its protocol's ``connection_made``, then as
+    open only. (Counting it also until its hand-over task finished, a few loop turns later,
+    made the gate refuse a newcomer arriving in those turns although a slot was free.)"""
+    from tfmux.transports.acceptor import Acceptor
+
+    accepted: list[Admit] = []
+    opened: list[asyncio.Protocol] = []
+    clients: list[socket.socket] = []
+
+    class Spy(AdmissionGate):
+        def done(self, decision: Admit) -> None:  # a connection was accepted under decision
+            accepted.append(decision)
+            super().done(decision)
+
+    class Protocol(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            opened.append(self)
+            if len(clients) == 1:  # the second arrives while the first's hand-over finishes
+                clients.append(socket.create_connection(clients[0].getpeername()))
+
+    async def run() -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        acceptor = Acceptor(listener, Protocol, Spy(AdmissionLimits(), 2, lambda: len(opened)))
+        acceptor.start()
+        clients.append(socket.create_connection(listener.getsockname()))
+        deadline = time.monotonic() + WAIT
+        while len(opened) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        acceptor.close()
+        await acceptor.wait_closed()
+        for client in clients:
+            client.close()
+
+    asyncio.run(run())
+    assert accepted == [Admit.ACCEPT, Admit.ACCEPT]
+    assert len(opened) == 2
+
+
 # -- over real sockets -----------------------------------------------------------------------
 
 
@@ -140,14 +180,19 @@ def predict(server: BackgroundServer, client: httpx.Client | None = None) -> Non
 
 @pytest.mark.tf
 def test_rest_newcomers_past_the_limit_wait_in_the_backlog_then_get_in(server) -> None:
+    uvicorn = server.server._http  # type: ignore[union-attr]
+    gate = uvicorn.servers[0]._gate
+    deadline = time.monotonic() + WAIT  # the harness's own health probes closed, a token there
+    while uvicorn.server_state.connections or gate._refusals.wait(time.monotonic()) > 0:
+        assert time.monotonic() < deadline, (len(uvicorn.server_state.connections), gate.counts)
+        time.sleep(0.05)
     held = [rest(server) for _ in range(4)]
     assert all(b" 200 " in a for a in answers(held, WAIT))  # all four in, and served
     newcomers = [rest(server) for _ in range(8)]  # the kernel completes their handshakes
     got = answers(newcomers, 2.0)
     refused = [a for a in got if b" 503 " in a]
     waiting = [s for s, a in zip(newcomers, got, strict=True) if not a]
-    counts = server.server._http.servers[0]._gate.counts  # type: ignore[union-attr]
-    assert 1 <= len(refused) <= 2, (got, counts)  # one refused cleanly (then 1 per 5 s)
+    assert 1 <= len(refused) <= 2, (got, gate.counts)  # one refused cleanly (then 1 per 5 s)
     assert len(refused) + len(waiting) == 8 and waiting
     for sock in held:
         sock.close()

@@ -43,6 +43,7 @@ class Acceptor:
         self._loop = asyncio.get_running_loop()
         self._resume: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Task[object]] = set()
+        self._unopened = 0  # handed over, the protocol's connection_made not called yet
         self._reading = False
         self._closed = False
 
@@ -64,7 +65,7 @@ class Acceptor:
 
     def _on_readable(self) -> None:
         for _ in range(self._gate.limits.accepts_per_turn):
-            decision = self._gate.decide(len(self._pending))
+            decision = self._gate.decide(self._unopened)
             if decision is Admit.WAIT:
                 self._pause(self._gate.wait)
                 return
@@ -90,19 +91,46 @@ class Acceptor:
             self._hand_over(conn)
 
     def _hand_over(self, conn: socket.socket) -> None:
+        """``connect_accepted_socket`` in a task; until the protocol's ``connection_made``
+        (after the TLS handshake, if any) the connection is counted as ``_unopened``: the open
+        count the gate reads does not have it yet, and counting the task until it finishes
+        (a few loop turns later) would count it twice and refuse a newcomer below the limit."""
+        self._unopened += 1
+        opened = False
+
+        def on_open() -> None:
+            nonlocal opened
+            if not opened:
+                opened = True
+                self._unopened -= 1
+
+        def factory() -> asyncio.Protocol:
+            protocol = self._factory()
+            made = protocol.connection_made
+
+            def connection_made(transport: asyncio.BaseTransport) -> None:
+                on_open()
+                made(transport)
+
+            setattr(protocol, "connection_made", connection_made)  # noqa: B010 (a method)
+            return protocol
+
         task = self._loop.create_task(
             self._loop.connect_accepted_socket(
-                self._factory,
+                factory,
                 conn,
                 ssl=self._tls,
                 ssl_handshake_timeout=self._handshake_timeout,
             )
         )
         self._pending.add(task)
-        task.add_done_callback(lambda t: self._handed_over(t, conn))
+        task.add_done_callback(lambda t: self._handed_over(t, conn, on_open))
 
-    def _handed_over(self, task: asyncio.Task[object], conn: socket.socket) -> None:
+    def _handed_over(
+        self, task: asyncio.Task[object], conn: socket.socket, on_open: Callable[[], None]
+    ) -> None:
         self._pending.discard(task)
+        on_open()  # (no-op unless it failed before opening)
         if task.cancelled() or task.exception() is not None:
             conn.close()  # a failed TLS handshake, or the loop closing: nothing to serve
 
