@@ -151,3 +151,32 @@ def test_sharing_can_be_turned_off(twins: dict[str, Path]) -> None:
     finally:
         for model in models:
             model.close()
+
+
+def test_graphs_dropped_from_the_cache_are_collected(tmp_path: Path) -> None:
+    """A ``tf.Graph`` is a web of reference cycles: graphs leaving the cache are collected
+    every ``COLLECT_EVERY`` drops instead of piling up until the collector's own turn (with
+    the automatic collector off here, only the cache's collections can free them)."""
+    import gc
+    import weakref
+
+    from tfmux.runtimes.graph_cache import COLLECT_EVERY, GraphCache
+
+    base = savedmodels.versions(tmp_path, "versioned", versions=range(1, COLLECT_EVERY + 1))
+    cache = GraphCache(idle_graphs=0)
+    graphs = []
+    gc.collect()
+    gc.disable()
+    try:
+        for version in range(1, COLLECT_EVERY + 1):
+            path = base / str(version)
+            shared = cache.acquire(path, serve_meta_graph(path))
+            assert shared is not None
+            graphs.append(weakref.ref(shared.graph))
+            cache.release(shared)
+            del shared
+            if version == COLLECT_EVERY - 1:
+                assert all(graph() is not None for graph in graphs)  # not collected yet
+        assert all(graph() is None for graph in graphs[:-1])  # (the last was still in use)
+    finally:
+        gc.enable()
