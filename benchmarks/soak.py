@@ -160,7 +160,7 @@ def attacker(
     nobody else wants, and a waking server or client preempts it at once), on the cores of
     ``placement``. On a two-core machine the default, ``server``, keeps the attack off the
     client's core: sharing it, even idle-scheduled, the attack slowed the client's own
-    process (35% fewer requests with the server's core not saturated), which is not what
+    process (36% fewer requests with the server's core not saturated), which is not what
     this measures (docs/security.md)."""
     os.sched_setaffinity(0, PLACEMENTS[placement])
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))

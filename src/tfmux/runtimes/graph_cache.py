@@ -168,9 +168,11 @@ class GraphCache:
             if shared.users > 0 or self._graphs.get(shared.key) is not shared:
                 return
             del self._graphs[shared.key]
+            dropped = []
             if shared.size <= self._idle_bytes:
                 self._idle[shared.key] = shared
-            dropped = []
+            else:
+                dropped.append(shared)  # too large to keep idle
             while len(self._idle) > self._idle_graphs or (
                 sum(g.size for g in self._idle.values()) > self._idle_bytes
             ):
@@ -178,8 +180,6 @@ class GraphCache:
             sessions = [k for k, g in self._idle.items() if g.fed is not None]
             excess = max(0, len(sessions) - IDLE_SESSIONS)
             dropped += [self._idle.pop(key) for key in sessions[:excess]]
-            if self._idle.get(shared.key) is not shared and all(g is not shared for g in dropped):
-                dropped.append(shared)  # too large to keep idle
         self._drop(dropped)
 
     def clear_idle(self) -> None:
@@ -202,7 +202,7 @@ class GraphCache:
             collect = collect_now or self._dropped >= COLLECT_EVERY
             if collect:
                 self._dropped = 0
-        graphs.clear()
+        graphs.clear()  # the caller's references gone, the collection can free them
         if collect:
             collect_garbage()
 

@@ -43,7 +43,7 @@ class Acceptor:
         self._loop = asyncio.get_running_loop()
         self._resume: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Task[object]] = set()
-        self._unopened = 0  # handed over, the protocol's connection_made not called yet
+        self._unopened: set[socket.socket] = set()  # handed over, connection_made not called
         self._reading = False
         self._closed = False
 
@@ -65,7 +65,7 @@ class Acceptor:
 
     def _on_readable(self) -> None:
         for _ in range(self._gate.limits.accepts_per_turn):
-            decision = self._gate.decide(self._unopened)
+            decision = self._gate.decide(len(self._unopened))
             if decision is Admit.WAIT:
                 self._pause(self._gate.wait)
                 return
@@ -95,21 +95,14 @@ class Acceptor:
         (after the TLS handshake, if any) the connection is counted as ``_unopened``: the open
         count the gate reads does not have it yet, and counting the task until it finishes
         (a few loop turns later) would count it twice and refuse a newcomer below the limit."""
-        self._unopened += 1
-        opened = False
-
-        def on_open() -> None:
-            nonlocal opened
-            if not opened:
-                opened = True
-                self._unopened -= 1
+        self._unopened.add(conn)
 
         def factory() -> asyncio.Protocol:
             protocol = self._factory()
             made = protocol.connection_made
 
             def connection_made(transport: asyncio.BaseTransport) -> None:
-                on_open()
+                self._unopened.discard(conn)
                 made(transport)
 
             setattr(protocol, "connection_made", connection_made)  # noqa: B010 (a method)
@@ -124,13 +117,11 @@ class Acceptor:
             )
         )
         self._pending.add(task)
-        task.add_done_callback(lambda t: self._handed_over(t, conn, on_open))
+        task.add_done_callback(lambda t: self._handed_over(t, conn))
 
-    def _handed_over(
-        self, task: asyncio.Task[object], conn: socket.socket, on_open: Callable[[], None]
-    ) -> None:
+    def _handed_over(self, task: asyncio.Task[object], conn: socket.socket) -> None:
         self._pending.discard(task)
-        on_open()  # (no-op unless it failed before opening)
+        self._unopened.discard(conn)  # (already gone unless it failed before opening)
         if task.cancelled() or task.exception() is not None:
             conn.close()  # a failed TLS handshake, or the loop closing: nothing to serve
 
