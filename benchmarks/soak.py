@@ -20,6 +20,7 @@ REST attacks come from ``benchmarks/attacks_rest.py``, HTTP/2 ones (on the gRPC 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -62,6 +63,9 @@ def attacks() -> dict[str, Attack]:
         table[f"rest_{name}"] = _rest(fn)
     if attacks_h2 is not None:
         for name, fn in attacks_h2.ATTACKS.items():
+            if name == "rapid_reset":  # complete calls of a real method: handlers to start
+                request = attacks_h2.predict_request("binary", ROWS)
+                fn = functools.partial(fn, path=attacks_h2.PREDICT, message=request)
             if name != "no_attack":
                 table[f"h2_{name}"] = _h2(name, fn)
     return table

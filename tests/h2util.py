@@ -34,7 +34,7 @@ UNTHROTTLED = AdmissionLimits(abuse_burst=1_000_000)
 
 
 class LimitedServer:
-    """tfmux's own gRPC server with ``limits`` (an echo and a hanging method)."""
+    """tfmux's own gRPC server with ``limits`` (an echo, a hanging and a counting method)."""
 
     def __init__(self, max_message: int = 4 * 1024 * 1024, **limits: Any) -> None:
         self.loop = asyncio.new_event_loop()
@@ -43,9 +43,16 @@ class LimitedServer:
         # These tests break limits on connection after connection on purpose: admission's
         # throttling after abuse (tested in test_admission.py) would refuse their newcomers.
         self.server = H2GrpcServer(max_message, H2Limits(**limits), admission=UNTHROTTLED)
+        self.started = 0  # calls of /t.Test/tally whose handler ran
+
+        async def tally(request: bytes, context: Any) -> bytes:
+            self.started += 1
+            return request
+
         handlers = {
             "echo": grpc.unary_unary_rpc_method_handler(echo),
             "hang": grpc.unary_unary_rpc_method_handler(hang),
+            "tally": grpc.unary_unary_rpc_method_handler(tally),
         }
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("t.Test", handlers),)

@@ -106,6 +106,26 @@ def test_rapid_reset(served: LimitedServer) -> None:
     assert served.good_call() == b"still serving"
 
 
+def test_a_request_reset_in_the_same_backlog_never_starts_its_handler() -> None:
+    """Go's answer to rapid reset (CVE-2023-44487): requests are handed to handlers only once
+    everything received is parsed, even when that takes several slices of work, so a reset
+    already in the receive buffer cancels its request before the handler starts."""
+    server = LimitedServer(max_resets=10_000)
+    try:
+        raw = Raw(server.port)
+        sids = range(1, 2 * 100, 2)  # 100 requests: several slices of parsing (SLICE_WORK)
+        requests = [raw.request(sid, b"x", "/t.Test/tally") for sid in sids]
+        raw.send(b"".join(requests) + b"".join(f.rst_stream(sid, f.CANCEL) for sid in sids))
+        raw.send(raw.request(201, b"after", "/t.Test/tally"))
+        frames = raw.frames(lambda fr: fr[0] == f.HEADERS and fr[1] & f.END_STREAM and fr[2] == 201)
+        answered = {sid for kind, _, sid, _ in frames if kind in (f.HEADERS, f.DATA)}
+        assert answered == {201}, f"reset requests were answered: {sorted(answered)}"
+        assert server.on_loop(lambda: server.started) == 1  # only the request not reset
+        raw.close()
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize(
     ("flood", "reason"),
     [

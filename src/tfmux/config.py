@@ -208,7 +208,7 @@ class ServerConfig(BaseModel):
     http_max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     # Request-body bytes past the first MiB of a request, all REST connections together, per
     # second (0: unlimited): huge or endless uploads share it (docs/security.md).
-    http_bulk_bytes_per_second: int = Field(default=256 * MiB, ge=0)
+    http_bulk_bytes_per_second: int = Field(default=64 * MiB, ge=0)
     # How both ports admit new connections: refusals past the limit, throttling after abuse.
     admission: AdmissionLimits = Field(default_factory=AdmissionLimits)
     # The dashboard and status API: None (automatic) opens them on loopback and, beyond it,

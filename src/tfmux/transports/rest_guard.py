@@ -86,7 +86,7 @@ class RestLimits:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_header_bytes: int = 64 * 1024
-    bulk_bytes_per_second: int = 256 * 1024 * 1024  # 0: no bulk budget
+    bulk_bytes_per_second: int = 64 * 1024 * 1024  # 0: no bulk budget
 
 
 def _answer(status: int, reason: str, message: str) -> bytes:

@@ -108,20 +108,21 @@ class H2Connection(FrameReader, asyncio.Protocol):
                 del self._buf[:consumed]
             elif consumed < len(buf):
                 self._buf += buf[consumed:]
-            if self._ready:
-                self._dispatch_ready()
             if self._sliced:  # more work than one slice: let other connections run first
                 self._sliced = False
                 self._slice_pending = True
                 self.transport.pause_reading()
                 asyncio.get_running_loop().call_soon(self._next_slice)
+            elif self._ready:  # the backlog is parsed: resets in it never start a handler
+                self._dispatch_ready()
         except f.H2Error as exc:
+            self._ready.clear()
             self._fail(exc.code, str(exc), exc.reason)
         except Exception as exc:  # a bug must cost one connection, never the server
+            self._ready.clear()
             log.exception("HTTP/2 connection failed")
             self._fail(f.INTERNAL_ERROR, f"{type(exc).__name__}", "internal_error")
         finally:
-            self._ready.clear()
             self.out = None
             if out and not self.transport.is_closing() and not self.draining:
                 self.transport.write(b"".join(out))

@@ -34,7 +34,7 @@ class FrameReader(ConnectionState):
         self._cont_bytes = 0
         self._cont_frames = 0
         self.opened = self.last_stream = time.monotonic()
-        self._ready: list[Stream] = []  # complete requests of the current read
+        self._ready: list[Stream] = []  # complete requests, until the backlog is parsed
         self._sliced = False  # the last parse stopped at its work budget
 
     def _dispatch(self, stream: Stream) -> None:
@@ -125,8 +125,9 @@ class FrameReader(ConnectionState):
             self.budget.grant(stream, self.streams)
 
     def _complete(self, stream: Stream) -> None:
-        """The request is in: the application takes its bytes once the read is parsed (a
-        stream reset in the same read never starts its handler: rapid reset costs less)."""
+        """The request is in: the application takes its bytes once everything received so
+        far is parsed, all slices of it (Go's answer to rapid reset, CVE-2023-44487: a stream
+        whose reset is already in the receive buffer never starts its handler)."""
         declared = stream.head.content_length
         if declared is not None and declared != len(stream.body):
             self._reset(stream, f.PROTOCOL_ERROR)  # RFC 9113 §8.1.1: malformed
