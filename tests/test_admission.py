@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -236,6 +237,12 @@ def test_grpc_ping_floods_throttle_newcomers_and_open_channels_keep_working(
                     admitted += len(other.recv(9)) > 0  # the server's SETTINGS: accepted
         assert 1 <= admitted <= 4, gate.counts
         assert gate.counts["dropped"] >= 5
+        metrics = httpx.get(f"{server.url}/metrics", timeout=WAIT).text
+        assert 'tfmux_admission_throttled{port="grpc"} 1.0' in metrics
+        assert 'tfmux_admission_throttled{port="rest"} 0.0' in metrics
+        line = r'tfmux_admission_events_total\{event="dropped",port="grpc"\} (\S+)'
+        dropped = re.search(line, metrics)
+        assert dropped is not None and float(dropped.group(1)) >= 5, metrics
         assert stub.Predict(request, timeout=WAIT).outputs  # the open channel never noticed
     time.sleep(3.1)  # the window passes without abuse
     assert not gate.throttled

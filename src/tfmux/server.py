@@ -30,6 +30,7 @@ from tfmux.tls import TlsFiles
 from tfmux.transports import openapi
 from tfmux.transports.acceptor import Acceptor
 from tfmux.transports.admission import AdmissionGate, AdmissionLimits, TokenBucket
+from tfmux.transports.admission_metrics import AdmissionCollector
 from tfmux.transports.grpc_health import GrpcHealth
 from tfmux.transports.grpc_server import GrpcServer, Registrar, start_grpc_server
 from tfmux.transports.h2.stats import H2Collector, H2Stats
@@ -104,6 +105,7 @@ class _UvicornServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, admission: AdmissionLimits) -> None:
         super().__init__(config)
         self.admission = admission
+        self.gate: AdmissionGate | None = None  # the REST port's, once started (for /metrics)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -117,7 +119,7 @@ class _UvicornServer(uvicorn.Server):
             protocol.limits.max_connections,
             lambda: len(self.server_state.connections),
         )
-        protocol.gate = gate
+        protocol.gate = self.gate = gate
         rate = protocol.limits.bulk_bytes_per_second
         now = asyncio.get_running_loop().time()
         protocol.bulk = TokenBucket(rate, BULK_BURST, now) if rate else None
@@ -209,6 +211,7 @@ class TfmuxServer:
         self.config_poller: ModelConfigFilePoller | None = None
         self.h2_stats = H2Stats()  # what the gRPC port's HTTP/2 limits did, in /metrics
         self.metrics.registry.register(H2Collector(self.h2_stats))
+        self.metrics.registry.register(AdmissionCollector(self._admission_gates))
         self.management_gate = gate(
             "model management", config.management, config.host, config.admin_token, "management"
         )
@@ -265,6 +268,12 @@ class TfmuxServer:
                 await self._http_task  # raises what stopped it
                 raise RuntimeError("the REST server stopped while starting")
             await asyncio.sleep(0.01)
+
+    def _admission_gates(self) -> dict[str, AdmissionGate | None]:
+        return {
+            "rest": self._http.gate if self._http is not None else None,
+            "grpc": getattr(self._grpc, "gate", None),  # tfmux's own server has one
+        }
 
     def _tls(self) -> TlsFiles | None:
         """The TLS files, read once so a bad one stops the start with its name."""
