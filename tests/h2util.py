@@ -30,7 +30,7 @@ async def hang(request: bytes, context: Any) -> bytes:
     return b""
 
 
-UNTHROTTLED = AdmissionLimits(abuse_burst=1_000_000)
+UNTHROTTLED = AdmissionLimits(abuse_burst=1_000_000, global_abuse_burst=1_000_000)
 
 
 class LimitedServer:

@@ -57,34 +57,72 @@ def test_past_the_limit_refusals_are_rate_limited_and_the_rest_wait() -> None:
     assert g.decide() is Admit.ACCEPT  # a slot freed: accepted without a token
 
 
-def test_abuse_past_the_burst_throttles_newcomers_until_the_window_passes() -> None:
+def test_abuse_past_the_burst_throttles_that_address_until_the_window_passes() -> None:
     clock = Clock()
     g = gate([0], clock, abuse_burst=3, abuse_window_seconds=10, throttled_accepts_per_second=2)
     for _ in range(3):
-        g.note_abuse()
-    assert not g.throttled  # within the burst
-    g.note_abuse()
-    assert g.throttled
+        g.note_abuse("10.0.0.1")
+    assert g.throttled_addresses() == 0  # within the burst
+    g.note_abuse("10.0.0.1")
+    assert g.throttled_addresses() == 1 and not g.throttled  # that address, not everyone
+    assert [g.admits("10.0.0.1") for _ in range(3)] == [True, True, False]
+    assert all(g.admits("10.0.0.2") for _ in range(100))  # other clients: as before
+    assert g.decide() is Admit.ACCEPT  # (the decision before the accept is everyone's)
+    clock.now += 0.5
+    assert g.admits("10.0.0.1")  # the throttled rate (2 a second) lets one more in
+    clock.now += 9.3
+    assert g.throttled_addresses() == 1
+    clock.now += 0.3
+    assert g.throttled_addresses() == 0
+    assert all(g.admits("10.0.0.1") for _ in range(10))
+    assert g.counts == {"refused": 0, "waited": 0, "dropped": 1, "throttled": 1, "abuse": 4}
+
+
+def test_abuse_while_throttled_keeps_the_address_throttled_and_spares_everyone() -> None:
+    clock = Clock()
+    g = gate([0], clock, abuse_burst=2, global_abuse_burst=5, abuse_window_seconds=10)
+    for _ in range(1000):  # one attacker, reconnecting and abusing without end
+        g.note_abuse("10.0.0.1")
+        clock.now += 0.05
+    assert g.throttled_addresses() == 1 and not g.throttled
+    assert g.counts["throttled"] == 1
+
+
+def test_abuse_from_many_addresses_throttles_every_newcomer() -> None:
+    clock = Clock()
+    g = gate([0], clock, abuse_burst=3, global_abuse_burst=8, throttled_accepts_per_second=2)
+    for address in range(9):  # nine addresses, each within its own burst
+        g.note_abuse(f"10.0.0.{address}")
+    assert g.throttled and g.throttled_addresses() == 0
     assert [g.decide() for _ in range(3)] == [Admit.ACCEPT, Admit.ACCEPT, Admit.DROP]
     g.nobody_came()  # a decision that found no connection is taken back (and not counted)
     assert g.counts["dropped"] == 0
-    clock.now += 0.5
-    assert g.decide() is Admit.ACCEPT
-    clock.now += 9.3
-    assert g.throttled
-    clock.now += 0.3
+    clock.now += 10.1
     assert not g.throttled
     assert [g.decide() for _ in range(10)] == [Admit.ACCEPT] * 10
-    assert g.counts["throttled"] == 1 and g.counts["abuse"] == 4
+
+
+def test_the_addresses_remembered_are_bounded() -> None:
+    from tfmux.transports.admission import MAX_ADDRESSES
+
+    clock = Clock()
+    g = gate([0], clock, abuse_burst=1, global_abuse_burst=10**9)
+    g.note_abuse("first")
+    g.note_abuse("first")
+    assert g.throttled_addresses() == 1
+    for address in range(MAX_ADDRESSES):  # as many others, each abusing once
+        g.note_abuse(str(address))
+    assert len(g._addresses) == MAX_ADDRESSES
+    assert g.throttled_addresses() == 0  # the least recently abusive address was let go
 
 
 def test_abuse_spread_out_below_the_rate_never_throttles() -> None:
     clock = Clock()
     g = gate([0], clock, abuse_burst=2, abuse_window_seconds=10)
     for _ in range(50):
-        g.note_abuse()
+        g.note_abuse("10.0.0.1")
         clock.now += 6.0  # one every 6 s: the bucket refills 0.2 a second
-    assert not g.throttled
+    assert not g.throttled and g.throttled_addresses() == 0
 
 
 def test_an_opened_connection_is_counted_once_by_the_acceptor() -> None:
@@ -209,43 +247,53 @@ def test_rest_newcomers_past_the_limit_wait_in_the_backlog_then_get_in(server) -
 
 
 @pytest.mark.tf
-def test_grpc_ping_floods_throttle_newcomers_and_open_channels_keep_working(
-    server, monkeypatch
-) -> None:
+def _newcomers_admitted(port: int, source: str, count: int) -> int:
+    """Of ``count`` new connections from ``source`` in a burst, those the server accepted (it
+    sent its SETTINGS) rather than closed at once."""
+    admitted = 0
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port), source_address=(source, 0)) as other:
+            other.sendall(attacks_h2.PREFACE)
+            with contextlib.suppress(ConnectionResetError):
+                admitted += len(other.recv(9)) > 0
+    return admitted
+
+
+@pytest.mark.tf
+def test_grpc_ping_floods_throttle_the_attackers_newcomers_only(server) -> None:
+    """Connections from the attacker's address are throttled; newcomers from another address
+    (127.0.0.2: the whole of 127/8 is loopback) and open channels never notice."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     gate = server.server._grpc.gate  # type: ignore[union-attr]
-    target = f"127.0.0.1:{server.server.grpc_port}"
-    with grpc.insecure_channel(target) as channel:  # opened before the attack
+    port = server.server.grpc_port
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # opened before the attack
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "binary"
         request.inputs["x"].CopyFrom(tf.make_tensor_proto([[1.0, 2.0, 3.0]], dtype=tf.float32))
         stub.Predict(request, timeout=WAIT)
         for _ in range(5):  # each is closed with GOAWAY(ENHANCE_YOUR_CALM) after 50 PINGs
-            attacks_h2.ping_flood("127.0.0.1", server.server.grpc_port, 1.0, pings=4000)
+            attacks_h2.ping_flood("127.0.0.1", port, 1.0, pings=4000)
         deadline = time.monotonic() + WAIT
         while gate.counts["abuse"] < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert gate.throttled, gate.counts
-        admitted = 0
-        for _ in range(10):  # newcomers in a burst: two get in, the rest are closed at once
-            with socket.create_connection(("127.0.0.1", server.server.grpc_port)) as other:
-                other.sendall(attacks_h2.PREFACE)
-                with contextlib.suppress(ConnectionResetError):
-                    admitted += len(other.recv(9)) > 0  # the server's SETTINGS: accepted
-        assert 1 <= admitted <= 4, gate.counts
+        assert gate.throttled_addresses() == 1 and not gate.throttled, gate.counts
+        # The attacker's newcomers in a burst: two get in, the rest are closed at once.
+        assert 1 <= _newcomers_admitted(port, "127.0.0.1", 10) <= 4, gate.counts
         assert gate.counts["dropped"] >= 5
+        assert _newcomers_admitted(port, "127.0.0.2", 10) == 10, gate.counts  # everyone else
         metrics = httpx.get(f"{server.url}/metrics", timeout=WAIT).text
-        assert 'tfmux_admission_throttled{port="grpc"} 1.0' in metrics
-        assert 'tfmux_admission_throttled{port="rest"} 0.0' in metrics
+        assert 'tfmux_admission_throttled_addresses{port="grpc"} 1.0' in metrics
+        assert 'tfmux_admission_throttled{port="grpc"} 0.0' in metrics
+        assert 'tfmux_admission_throttled_addresses{port="rest"} 0.0' in metrics
         line = r'tfmux_admission_events_total\{event="dropped",port="grpc"\} (\S+)'
         dropped = re.search(line, metrics)
         assert dropped is not None and float(dropped.group(1)) >= 5, metrics
         assert stub.Predict(request, timeout=WAIT).outputs  # the open channel never noticed
     time.sleep(3.1)  # the window passes without abuse
-    assert not gate.throttled
+    assert gate.throttled_addresses() == 0
 
 
 # -- the REST port's bulk-body budget ------------------------------------------------------

@@ -139,6 +139,8 @@ def test_huge_headers_get_431(strict) -> None:
                 break
         answer = read_until_closed(sock)
         assert status(answer) == 431
+    gate = strict.server._http.gate  # type: ignore[union-attr]
+    assert "127.0.0.1" in gate._addresses  # abuse is remembered for the client's address
     good(strict)
 
 

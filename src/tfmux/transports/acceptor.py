@@ -24,6 +24,13 @@ _OUT_OF_FILES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 OUT_OF_FILES_PAUSE = 0.1  # seconds without accepting after the process ran out of descriptors
 
 
+def client_address(address: object) -> str | None:
+    """The host of a TCP peer address (IPv4 or IPv6), None for others (Unix sockets)."""
+    if isinstance(address, tuple) and address and isinstance(address[0], str):
+        return address[0]
+    return None
+
+
 class Acceptor:
     """Accepts on ``sock`` (listening, non-blocking) and hands each connection to ``factory``."""
 
@@ -70,7 +77,7 @@ class Acceptor:
                 self._pause(self._gate.wait)
                 return
             try:
-                conn, _ = self.sock.accept()
+                conn, address = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 self._gate.nobody_came()
                 return
@@ -81,6 +88,10 @@ class Acceptor:
                     self._pause(OUT_OF_FILES_PAUSE)
                     return
                 raise
+            if decision is not Admit.DROP and not self._gate.admits(client_address(address)):
+                self._gate.nobody_came()  # what the decision took is not used: given back
+                conn.close()  # from a throttled address
+                continue
             self._gate.done(decision)
             if decision is Admit.DROP:
                 conn.close()

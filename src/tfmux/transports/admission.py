@@ -11,17 +11,23 @@ core busy with connection set-up alone. The policy here, pure and clock-driven:
   closes (what nginx and Go's ``LimitListener`` do: waiting costs the server nothing);
 - **after abuse** (connections the server closed for breaking a limit: floods, timeouts,
   oversized heads or bodies, protocol errors), once more than ``abuse_burst`` of them come
-  within ``abuse_window_seconds``, new connections are admitted at most
-  ``throttled_accepts_per_second`` until the window passes with no further abuse; the others
-  are accepted and closed at once (leaving them in the backlog made a newcomer wait behind
-  every queued attacker connection: 40 s in a test). Connections already open (the
-  well-behaved clients' keep-alive and gRPC channels) are never touched.
+  from one client address within ``abuse_window_seconds``, newcomers *from that address* are
+  admitted at most ``throttled_accepts_per_second`` until the window passes with no further
+  abuse; the others are accepted and closed at once (leaving them in the backlog made a
+  newcomer wait behind every queued attacker connection: 40 s in a test). Other addresses
+  are admitted as before: throttling everyone let one attacker take nearly all of the
+  throttled admissions and turn away every other newcomer. Only abuse from many addresses
+  (past ``global_abuse_burst`` from addresses not yet throttled) throttles every newcomer.
+  Behind a proxy every client has the proxy's address, which is then the same as throttling
+  everyone. Connections already open (the well-behaved clients' keep-alive and gRPC
+  channels) are never touched.
 """
 
 from __future__ import annotations
 
 import enum
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,7 +46,16 @@ class AdmissionLimits(BaseModel):
         default=16, ge=1, description="connections accepted per event-loop turn"
     )
     abuse_burst: int = Field(
-        default=20, ge=1, description="connections closed for abuse before newcomers are throttled"
+        default=20,
+        ge=1,
+        description="connections from one address closed for abuse before its newcomers are "
+        "throttled",
+    )
+    global_abuse_burst: int = Field(
+        default=100,
+        ge=1,
+        description="connections closed for abuse, from addresses not throttled, before every "
+        "newcomer is throttled",
     )
     abuse_window_seconds: float = Field(
         default=10.0, gt=0, description="how long abuse is remembered (and throttling lasts)"
@@ -48,6 +63,9 @@ class AdmissionLimits(BaseModel):
     throttled_accepts_per_second: float = Field(
         default=50.0, gt=0, description="new connections a second while throttled"
     )
+
+
+MAX_ADDRESSES = 4096  # client addresses whose abuse is remembered (least recently abusive go)
 
 
 class TokenBucket:
@@ -85,6 +103,28 @@ class TokenBucket:
         return max(0.0, (1.0 - self._tokens) / self.rate)
 
 
+class Throttle:
+    """Abuse remembered for one client address, or for everyone: past ``burst`` within the
+    window, newcomers are admitted at most ``throttled_accepts_per_second`` (``admit``)
+    until the window passes without more."""
+
+    __slots__ = ("abuse", "admit", "until")
+
+    def __init__(self, limits: AdmissionLimits, burst: int, now: float) -> None:
+        self.abuse = TokenBucket(burst / limits.abuse_window_seconds, burst, now)
+        rate = limits.throttled_accepts_per_second
+        self.admit = TokenBucket(rate, max(1.0, rate), now)
+        self.until = float("-inf")
+
+    def note(self, now: float, window: float) -> bool:
+        """One more abuse; True when it starts the throttling."""
+        if self.abuse.take(now):
+            return False
+        started = now >= self.until
+        self.until = now + window
+        return started
+
+
 class Admit(enum.Enum):
     ACCEPT = "accept"  # below the limit: a connection like any other
     REFUSE = "refuse"  # past the limit: accepted to be refused cleanly
@@ -110,12 +150,8 @@ class AdmissionGate:
         now = clock()
         refusals = limits.refusals_per_second
         self._refusals = TokenBucket(refusals, max(1.0, refusals), now)
-        self._abuse = TokenBucket(
-            limits.abuse_burst / limits.abuse_window_seconds, limits.abuse_burst, now
-        )
-        rate = limits.throttled_accepts_per_second
-        self._throttle = TokenBucket(rate, max(1.0, rate), now)
-        self._throttled_until = float("-inf")
+        self._everyone = Throttle(limits, limits.global_abuse_burst, now)
+        self._addresses: OrderedDict[str, Throttle] = OrderedDict()  # by client address
         self.wait = 0.0  # after WAIT: how long to leave the backlog alone
         self._taken: list[TokenBucket] = []  # what the last decision spent
         self.counts = dict.fromkeys(("refused", "waited", "dropped", "throttled", "abuse"), 0)
@@ -135,24 +171,57 @@ class AdmissionGate:
 
     @property
     def throttled(self) -> bool:
-        return self._clock() < self._throttled_until
+        """Every newcomer is throttled (abuse from many addresses)."""
+        return self._clock() < self._everyone.until
 
-    def note_abuse(self) -> None:
+    def throttled_addresses(self) -> int:
+        """Client addresses whose newcomers are throttled now."""
         now = self._clock()
+        return sum(now < throttle.until for throttle in self._addresses.values())
+
+    def note_abuse(self, address: str | None = None) -> None:
+        """The server closed a connection from ``address`` (None: unknown, e.g. a Unix
+        socket; such clients share one entry) for breaking a limit."""
+        now = self._clock()
+        window = self.limits.abuse_window_seconds
         self.counts["abuse"] += 1
-        if not self._abuse.take(now):
-            if now >= self._throttled_until:
-                self.counts["throttled"] += 1
-            self._throttled_until = now + self.limits.abuse_window_seconds
+        key = address or ""
+        throttle = self._addresses.get(key)
+        if throttle is None:
+            throttle = self._addresses[key] = Throttle(self.limits, self.limits.abuse_burst, now)
+            if len(self._addresses) > MAX_ADDRESSES:
+                self._addresses.popitem(last=False)
+        else:
+            self._addresses.move_to_end(key)
+        if now < throttle.until:  # held off already: it stays so, and is not everyone's
+            throttle.until = now + window
+            return
+        if throttle.note(now, window):
+            self.counts["throttled"] += 1
+        if self._everyone.note(now, window):
+            self.counts["throttled"] += 1
+
+    def admits(self, address: str | None) -> bool:
+        """After the accept, for a newcomer from ``address``: False if that address is
+        throttled and its rate is spent (then closed at once, and counted as dropped)."""
+        throttle = self._addresses.get(address or "")
+        if throttle is None:
+            return True
+        now = self._clock()
+        if now >= throttle.until or throttle.admit.take(now):
+            return True
+        self.counts["dropped"] += 1
+        return False
 
     def decide(self, pending: int = 0) -> Admit:
         """For the next pending connection; ``pending``: accepted, not yet open (counted)."""
         self._taken = []
         now = self._clock()
-        if now < self._throttled_until:
-            if not self._throttle.take(now):
+        everyone = self._everyone
+        if now < everyone.until:
+            if not everyone.admit.take(now):
                 return Admit.DROP
-            self._taken.append(self._throttle)
+            self._taken.append(everyone.admit)
         if self._open() + pending < self.max_connections:
             return Admit.ACCEPT
         if self._refusals.take(now):

@@ -4,9 +4,10 @@
 (newcomers past the connection limit answered 503 / GOAWAY), ``waited`` (times the acceptor
 left newcomers in the kernel's backlog at the limit), ``abuse`` (connections the server closed
 for breaking a limit), ``throttled`` (times throttling of newcomers began after abuse) and
-``dropped`` (newcomers closed at once while throttled). ``tfmux_admission_throttled{port}`` is 1
-while the port throttles newcomers: the alert that says an attack (or a misbehaving client) is
-being held off, and that legitimate newcomers may be turned away with it.
+``dropped`` (newcomers closed at once while throttled). ``tfmux_admission_throttled_addresses``
+is how many client addresses are throttled now (an attack, or a misbehaving client, being held
+off), and ``tfmux_admission_throttled{port}`` is 1 while *every* newcomer is throttled (abuse
+from many addresses): the alert that says legitimate newcomers are turned away with it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,13 @@ class AdmissionCollector(Collector):
         )
         throttled = GaugeMetricFamily(
             "tfmux_admission_throttled",
-            "1 while the port admits newcomers at the throttled rate after abuse.",
+            "1 while the port admits every newcomer at the throttled rate (abuse from many "
+            "addresses).",
+            labels=["port"],
+        )
+        addresses = GaugeMetricFamily(
+            "tfmux_admission_throttled_addresses",
+            "Client addresses whose newcomers are admitted at the throttled rate after abuse.",
             labels=["port"],
         )
         for port, gate in gates.items():
@@ -52,5 +59,7 @@ class AdmissionCollector(Collector):
             for event, count in sorted(gate.counts.items()):
                 events.add_metric([port, event], count)
             throttled.add_metric([port], 1.0 if gate.throttled else 0.0)
+            addresses.add_metric([port], gate.throttled_addresses())
         yield events
         yield throttled
+        yield addresses

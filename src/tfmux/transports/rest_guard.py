@@ -169,7 +169,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _abusive(self) -> None:
         if self.gate is not None:
-            self.gate.note_abuse()
+            self.gate.note_abuse(self.client[0] if self.client else None)
 
     def _close_with(self, status: int, reason: str, message: str) -> None:
         self._abusive()

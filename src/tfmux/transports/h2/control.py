@@ -51,6 +51,7 @@ class ConnectionState:
         self.draining = False  # GOAWAY sent after an error: reads are discarded until closed
         self.discarded = 0  # bytes discarded while draining
         self.peer = ""
+        self.address: str | None = None  # the client's host (TCP), for admission
         self.out: list[bytes] | None = None  # collects writes while a read is parsed
         self.guard = FloodGuard(shared.limits)
         self.sender = Sender(self._write, self._finish, self.guard.payload)
@@ -209,7 +210,7 @@ class ConnectionState:
         """A connection error: GOAWAY with ``code``, then close (counted under ``reason``)."""
         if self.closed_reason is None:
             self.closed_reason = reason
-            self.shared.stats.connection_closed(reason, self.peer, message)
+            self.shared.stats.connection_closed(reason, self.peer, message, self.address)
         self._write(f.goaway(self.last_sid, code, message.encode()[:256]))
         self._stop_streams()
         self.going_away = True

@@ -52,12 +52,15 @@ class H2Stats:
         self.closed = dict.fromkeys(CLOSE_REASONS, 0)
         self.hits = dict.fromkeys(HIT_REASONS, 0)
         self._logged: dict[str, tuple[float, int]] = {}
-        self.on_abuse: Callable[[], None] | None = None  # the admission gate's note_abuse
+        # the admission gate's note_abuse, given the client's address
+        self.on_abuse: Callable[[str | None], None] | None = None
 
-    def connection_closed(self, reason: str, peer: str, detail: str) -> None:
+    def connection_closed(
+        self, reason: str, peer: str, detail: str, address: str | None = None
+    ) -> None:
         self.closed[reason if reason in self.closed else "internal_error"] += 1
         if self.on_abuse is not None and reason not in _NOT_ABUSE:
-            self.on_abuse()
+            self.on_abuse(address)
         self._log(reason, f"closed HTTP/2 connection from {peer}: {reason} ({detail})")
 
     def hit(self, reason: str, peer: str, detail: str) -> None:
