@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
-import socket
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from pathlib import Path
-
-import uvicorn
 
 from tfmux.config import ModelConfig, ServerConfig
 from tfmux.config_file_poller import ModelConfigFilePoller
@@ -28,15 +24,14 @@ from tfmux.exposure import gate
 from tfmux.metrics import CONTENT_TYPE, Metrics
 from tfmux.tls import TlsFiles
 from tfmux.transports import openapi
-from tfmux.transports.acceptor import Acceptor
-from tfmux.transports.admission import AdmissionGate, AdmissionLimits, TokenBucket
+from tfmux.transports.admission import AdmissionGate
 from tfmux.transports.admission_metrics import AdmissionCollector
 from tfmux.transports.grpc_health import GrpcHealth
 from tfmux.transports.grpc_server import GrpcServer, Registrar, start_grpc_server
 from tfmux.transports.h2.stats import H2Collector, H2Stats
 from tfmux.transports.ops_rest import OpsRest
 from tfmux.transports.rest import RestApp, Route
-from tfmux.transports.rest_guard import BULK_BURST, GuardedHttpToolsProtocol, RestLimits
+from tfmux.transports.rest_server import RestServer, bind, uvicorn_config
 from tfmux.transports.status_rest import StatusRest
 from tfmux.transports.tfs_grpc import TfServingGrpc
 from tfmux.transports.tfs_rest import TfServingRest
@@ -96,42 +91,6 @@ def configure_tensorflow(server: ServerConfig) -> str:
         # unload) walk only what came after. Models loaded later stay collectable.
         gc.collect()
         gc.freeze()
-
-
-class _UvicornServer(uvicorn.Server):
-    """uvicorn without its own signal handling (the TfmuxServer owns shutdown), accepting
-    through ``transports.acceptor`` (admission: refusals and throttling)."""
-
-    def __init__(self, config: uvicorn.Config, admission: AdmissionLimits) -> None:
-        super().__init__(config)
-        self.admission = admission
-        self.gate: AdmissionGate | None = None  # the REST port's, once started (for /metrics)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        config = self.config
-        protocol = config.http_protocol_class
-        gate = AdmissionGate(
-            self.admission,
-            protocol.limits.max_connections,
-            lambda: len(self.server_state.connections),
-        )
-        protocol.gate = self.gate = gate
-        rate = protocol.limits.bulk_bytes_per_second
-        now = asyncio.get_running_loop().time()
-        protocol.bulk = TokenBucket(rate, BULK_BURST, now) if rate else None
-
-        def create_protocol() -> asyncio.Protocol:
-            return protocol(config=config, server_state=self.server_state, app_state={})
-
-        acceptors = [Acceptor(sock, create_protocol, gate, config.ssl) for sock in sockets or []]
-        for acceptor in acceptors:
-            acceptor.start()
-        self.servers = acceptors  # type: ignore[assignment]  # close() is all uvicorn calls
-        self.started = True
 
 
 class TfmuxServer:
@@ -218,7 +177,7 @@ class TfmuxServer:
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self._grpc: GrpcServer | None = None
-        self._http: _UvicornServer | None = None
+        self._http: RestServer | None = None
         self._http_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -259,9 +218,10 @@ class TfmuxServer:
             self.sampler.start()
 
     async def _start_http(self, tls: TlsFiles | None) -> None:
-        sock = _bind(self.config.host, self.config.http_port)
+        sock = bind(self.config.host, self.config.http_port)
         self.http_port = sock.getsockname()[1]
-        self._http = _UvicornServer(self._uvicorn_config(tls), self.config.admission)
+        settings = uvicorn_config(self.rest_app, self.config, tls)
+        self._http = RestServer(settings, self.config.admission)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         while not self._http.started:
             if self._http_task.done():
@@ -283,28 +243,6 @@ class TfmuxServer:
             tls.context()
             log.info("TLS on both ports%s", " (client certificates required)" * tls.mutual)
         return tls
-
-    def _uvicorn_config(self, tls: TlsFiles | None) -> uvicorn.Config:
-        c = self.config
-        limits = RestLimits(
-            c.http_max_connections,
-            c.http_header_timeout_seconds,
-            c.http_body_timeout_seconds,
-            c.http_max_header_bytes,
-            c.http_bulk_bytes_per_second,
-        )
-        context = tls.context(alpn=["http/1.1"]) if tls is not None else None
-        return uvicorn.Config(
-            self.rest_app,
-            lifespan="off",
-            access_log=False,
-            log_level=c.log_level,
-            http=GuardedHttpToolsProtocol.with_limits(limits),  # httptools, with limits
-            proxy_headers=False,  # measured on the hot path; tfmux reads no proxy headers
-            timeout_graceful_shutdown=c.shutdown_grace_seconds,
-            timeout_keep_alive=c.http_keep_alive_seconds,  # type: ignore[arg-type]
-            ssl_context_factory=(lambda *_: context) if context is not None else None,
-        )
 
     async def wait_for_loads(self) -> None:
         """Wait until the eager loads that started with the server have ended."""
@@ -382,19 +320,3 @@ def _config_file_poller(
     return ModelConfigFilePoller(
         manager, config.model_config_file, config.model_config_poll_seconds, load
     )
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto
-    # says TCP; with proto 0, keep-alive responses waited ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
