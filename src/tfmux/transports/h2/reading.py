@@ -126,8 +126,8 @@ class FrameReader(ConnectionState):
 
     def _complete(self, stream: Stream) -> None:
         """The request is in: the application takes its bytes once everything received so
-        far is parsed, all slices of it (Go's answer to rapid reset, CVE-2023-44487: a stream
-        whose reset is already in the receive buffer never starts its handler)."""
+        far is parsed, all slices of it: a stream whose reset is already in the receive
+        buffer never starts its handler (rapid reset, CVE-2023-44487)."""
         declared = stream.head.content_length
         if declared is not None and declared != len(stream.body):
             self._reset(stream, f.PROTOCOL_ERROR)  # RFC 9113 §8.1.1: malformed
