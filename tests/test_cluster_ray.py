@@ -25,7 +25,12 @@ import tensorflow as tf
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from click.testing import CliRunner
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from tfmux.cli import main
 from tfmux.cluster.replica import Forwarded
@@ -266,6 +271,47 @@ def test_labels_move_cluster_wide(gateway: BackgroundGateway) -> None:
     )
     assert bad.status_code in (400, 404), bad.text
     assert by_label("stable") == 2.0
+
+
+def test_every_door_reads_labels_from_the_gateways_table(gateway: BackgroundGateway) -> None:
+    """Status, readiness and the traffic table name a label's version as the gateway's table
+    has it (ClusterService answers the transports' reads, as ServingService does)."""
+    url = gateway.url
+    traffic = httpx.get(f"{url}/v2/repository/models/versioned/traffic", timeout=30)
+    assert traffic.status_code == 200, traffic.text
+    canary = traffic.json()["labels"]["canary"]
+    r = httpx.post(
+        f"{url}/v1/models/versioned/labels/canary:predict",
+        content=json.dumps({"instances": [1.0]}),
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text  # the canary's version is now AVAILABLE somewhere
+    r = httpx.get(f"{url}/v1/models/versioned/labels/canary", timeout=30)
+    assert r.status_code == 200, r.text
+    assert [s["version"] for s in r.json()["model_version_status"]] == [str(canary)]
+    assert httpx.get(f"{url}/v1/models/versioned/labels/nope", timeout=30).status_code == 404
+    assert httpx.get(f"{url}/v2/models/versioned@canary/ready", timeout=30).status_code == 200
+    assert httpx.get(f"{url}/v2/models/versioned@nope/ready", timeout=30).status_code == 404
+    assert httpx.get(f"{url}/v2/repository/models/nope/traffic", timeout=30).status_code == 404
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "versioned"
+    request.model_spec.version_label = "canary"
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        (status,) = stub.GetModelStatus(request, timeout=60).model_version_status
+        assert status.version == canary
+        request.model_spec.version_label = "nope"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetModelStatus(request, timeout=60)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with triton_grpc.InferenceServerClient(gateway.grpc_target) as client:
+        assert client.is_model_ready("versioned@canary")
+        assert not client.is_model_ready("versioned@nope")
+    paths = httpx.get(f"{url}/openapi.json", timeout=30).json()["paths"]
+    params = {
+        p["name"]: p for p in paths["/v1/models/{model_name}/labels/{label}"]["get"]["parameters"]
+    }
+    assert {"stable", "canary"} <= set(params["label"]["examples"])
 
 
 def test_shadows_are_mirrored_and_compared_at_the_gateway(gateway: BackgroundGateway) -> None:

@@ -23,6 +23,7 @@ from tfmux.core.batching import Gone
 from tfmux.core.events import Event
 from tfmux.core.observer import NullObserver, Observer, Observers
 from tfmux.core.service import InputDecoder, Inputs, Management, ModelMetadata
+from tfmux.core.service_reads import ServiceReads
 from tfmux.core.shadow import ShadowRunner, ShadowTally
 from tfmux.core.status import HistoryReport
 from tfmux.core.traffic import Routing, available
@@ -37,8 +38,9 @@ CONTROL_TIMEOUT = 120.0  # status and management calls to one replica
 SHADOW_TIMEOUT = 30.0  # a mirrored request's bound (and the request timeout's, if shorter)
 
 
-class ClusterService:
-    """Duck-types ServingService for the transports. Runs on the gateway's event loop."""
+class ClusterService(ServiceReads):
+    """Duck-types ServingService for the transports. Runs on the gateway's event loop. The
+    transports' reads (ServiceReads) are answered by ClusterModels, the gateway's table."""
 
     def __init__(
         self,
@@ -53,7 +55,7 @@ class ClusterService:
         self.management = management
         self._observer = observer or NullObserver()
         self._request_timeout = request_timeout
-        self.manager = ClusterModels(router.snapshots)
+        self.manager: ClusterModels = ClusterModels(router.snapshots)
         self._signatures: dict[tuple[str, int | None], tuple[float, ModelMetadata]] = {}
         self._fetching: dict[tuple[str, int | None], asyncio.Future[ModelMetadata]] = {}
         self.served: dict[tuple[str, bool], int] = {}  # (replica, hit) -> requests
@@ -132,7 +134,7 @@ class ClusterService:
         chosen here (``latest`` too, as the single-process shadow leases it) and forwarded
         like any request, so residency places it. Replicas count it under method "shadow".
         Not counted in ``served`` nor named in the primary's served-by header."""
-        target = ref if ref.version is not None else ModelRef(ref.name, self._resolved(ref))
+        target = ref if ref.version is not None else ModelRef(ref.name, self.resolve_version(ref))
         timeout = min(SHADOW_TIMEOUT, self._request_timeout or SHADOW_TIMEOUT)
         outputs = list(primary.outputs)
         request = Forwarded(
@@ -145,15 +147,12 @@ class ClusterService:
             self.router.observe(answer.snapshot)
         return answer.result
 
-    def _resolved(self, ref: ModelRef) -> int:
-        return self.manager.resolve(ref).version
-
     def _concrete(self, ref: ModelRef) -> ModelRef:
         """Labels resolved here, from the gateway's table: every replica then gets the same
         version, and a label moved meanwhile cannot send it elsewhere."""
         if ref.label is None:
             return ref
-        return ModelRef(ref.name, self.manager.resolve(ref).version)
+        return ModelRef(ref.name, self.resolve_version(ref))
 
     def _served(self, replica: str, hit: bool) -> None:
         self.served[replica, hit] = self.served.get((replica, hit), 0) + 1
@@ -251,8 +250,8 @@ class ClusterService:
         return await self.cluster_status.events_after(after)
 
     def _gateway_view(self) -> Gateway:
-        models = [m.config for m in self.manager.models()]
-        routing = {c.name: r for c in models if (r := self.manager.traffic.routing(c.name))}
+        models = self.model_configs()
+        routing = {c.name: r for c in models if (r := self.routing(c.name))}
         return Gateway(
             models,
             routing,
@@ -279,7 +278,7 @@ class ClusterService:
             config = self.management.discover(name)
             if config is None:
                 raise not_found(f"model {name} is not configured and not in any repository")
-            await self.reconfigure([*self._configs(), config], authorization)
+            await self.reconfigure([*self.model_configs(), config], authorization)
         await self.place(name)
 
     async def place(self, name: str) -> None:
@@ -316,9 +315,6 @@ class ClusterService:
         self.shadows.keep(c.name for c in configs)
         for config in configs:
             self.manager.add_model(config)
-
-    def _configs(self) -> list[ModelConfig]:
-        return [m.config for m in self.manager.models()]
 
     async def _each(self, replicas: list[str], method: str, *args: Any) -> None:
         calls = [self._call(method, *args, replica=r, timeout=CONTROL_TIMEOUT) for r in replicas]

@@ -22,6 +22,7 @@ from tfmux.core.lifecycle import Lease, State
 from tfmux.core.manager import ModelManager
 from tfmux.core.observer import NullObserver, Observer
 from tfmux.core.runner import ModelRunner
+from tfmux.core.service_reads import ServiceReads
 from tfmux.core.shadow import ShadowRunner
 from tfmux.core.status import HistoryReport, Overview, StatusBoard
 from tfmux.core.traffic import Routing, available
@@ -96,9 +97,10 @@ class ModelMetadata:
     signatures: Mapping[str, SignatureSpec]
 
 
-class ServingService:
+class ServingService(ServiceReads):
     """Transport-neutral serving API. Coroutines run on the server's event loop; model code
-    runs in a bounded thread pool, never on the loop."""
+    runs in a bounded thread pool, never on the loop. Reads of models and traffic for the
+    transports: ServiceReads (core/service_reads.py)."""
 
     def __init__(
         self,
@@ -110,7 +112,7 @@ class ServingService:
         management: Management | None = None,
         max_run_time: float | None = MAX_RUN_TIME,
     ) -> None:
-        self.manager = manager
+        self.manager: ModelManager = manager
         self._observer = observer or NullObserver()
         # Batches run at a lower OS priority than the event loop, so arrivals are read and
         # queued while a batch runs (the next batch fills); requests that are not batched gain

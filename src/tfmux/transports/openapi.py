@@ -298,6 +298,6 @@ class OpenApiRest:
 
     async def _serve(self, request: Request) -> Response:
         models = sorted({name for name, _ in self._service.repository_index()})
-        traffic = self._service.manager.traffic
-        labels = {label for m in models for label in getattr(traffic.routing(m), "labels", ())}
+        routing = self._service.routing
+        labels = {label for m in models for label in getattr(routing(m), "labels", ())}
         return Response(body=dumps(document(models, labels, self._admin_token)))

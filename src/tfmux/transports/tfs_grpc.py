@@ -244,7 +244,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignor
         """Every version's state, or one version's (a label is resolved to its version)."""
         ref = _model_ref(request)
         if ref.label is not None:
-            ref = ModelRef(ref.name, self._service.manager.resolve(ref).version)
+            ref = ModelRef(ref.name, self._service.resolve_version(ref))
         return protos.status_response(self._service.status(ref.name, ref.version))
 
     @_rpc
@@ -268,7 +268,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignor
         for name in names:
             if names.count(name) > 1:
                 raise invalid_argument(f"Illegal to list model {name} multiple times in config")
-        current = {served.config.name: served.config for served in self._service.manager.models()}
+        current = {config.name: config for config in self._service.model_configs()}
         configs = [
             _keep_own_settings(config, current.get(config.name))
             for config in models_from_tfs_message(request.config, Path.cwd(), "eager")

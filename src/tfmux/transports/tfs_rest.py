@@ -49,7 +49,7 @@ class TfServingRest:
 
     async def _status(self, ref: ModelRef, request: Request) -> Response:
         if ref.label is not None:
-            ref = ModelRef(ref.name, self._service.manager.resolve(ref).version)
+            ref = ModelRef(ref.name, self._service.resolve_version(ref))
         return Response(body=tfs_json.encode_status(self._service.status(ref.name, ref.version)))
 
     async def _metadata(self, ref: ModelRef, request: Request) -> Response:

@@ -47,11 +47,10 @@ class TrafficRest:
         return None if handler is None else partial(handler, match["name"])  # None: 405
 
     async def _get(self, name: str, request: Request) -> Response:
-        traffic = self._service.manager.traffic
-        routing = traffic.routing(name)
+        routing = self._service.routing(name)
         if routing is not None:
             return Response(body=dumps(encode(routing)))
-        alias = traffic.alias(name)
+        alias = self._service.alias(name)
         if alias is None:
             raise not_found(f"{name} is neither a configured model nor an alias")
         return Response(body=dumps({**encode(Routing(split=alias)), "alias": True}))
@@ -59,10 +58,9 @@ class TrafficRest:
     async def _post(self, name: str, request: Request) -> Response:
         token = authorization(request)
         self._service.management.authorize(token)
-        traffic = self._service.manager.traffic
-        current = traffic.routing(name)
+        current = self._service.routing(name)
         if current is None:
-            if traffic.alias(name) is not None:
+            if self._service.alias(name) is not None:
                 raise unimplemented(
                     f"alias {name} is set in the server's config file (aliases:) and cannot "
                     "be changed at run time"

@@ -99,7 +99,7 @@ class KServeGrpc:
         try:
             version = ref.version
             if ref.label is not None:
-                version = self._service.manager.resolve(ref).version
+                version = self._service.resolve_version(ref)
             statuses = self._service.status(ref.name, version)
         except ServingError as exc:
             if exc.kind is ErrorKind.NOT_FOUND:

@@ -100,7 +100,7 @@ class KServeRest:
         ref = _model_ref(name, version)
         number = ref.version
         if ref.label is not None:
-            number = self._service.manager.resolve(ref).version
+            number = self._service.resolve_version(ref)
         statuses = [s for s in self._statuses(ref.name) if number is None or s.version == number]
         if any(s.state == "AVAILABLE" for s in statuses):
             return Response(200, b"", TEXT)
