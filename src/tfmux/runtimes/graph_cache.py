@@ -202,7 +202,7 @@ class GraphCache:
             collect = collect_now or self._dropped >= COLLECT_EVERY
             if collect:
                 self._dropped = 0
-        graphs.clear()  # the caller's references gone, the collection can free them
+        graphs.clear()  # (one the caller still holds goes at the next collection)
         if collect:
             collect_garbage()
 

@@ -17,18 +17,11 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from tfmux.transports.admission import AdmissionGate, Admit
+from tfmux.transports.admission import AdmissionGate, Admit, client_address
 
 log = logging.getLogger("tfmux.accept")
 _OUT_OF_FILES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 OUT_OF_FILES_PAUSE = 0.1  # seconds without accepting after the process ran out of descriptors
-
-
-def client_address(address: object) -> str | None:
-    """The host of a TCP peer address (IPv4 or IPv6), None for others (Unix sockets)."""
-    if isinstance(address, tuple) and address and isinstance(address[0], str):
-        return address[0]
-    return None
 
 
 class Acceptor:
@@ -89,7 +82,6 @@ class Acceptor:
                     return
                 raise
             if decision is not Admit.DROP and not self._gate.admits(client_address(address)):
-                self._gate.nobody_came()  # what the decision took is not used: given back
                 conn.close()  # from a throttled address
                 continue
             self._gate.done(decision)

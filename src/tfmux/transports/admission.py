@@ -68,6 +68,14 @@ class AdmissionLimits(BaseModel):
 MAX_ADDRESSES = 4096  # client addresses whose abuse is remembered (least recently abusive go)
 
 
+def client_address(peer: object) -> str | None:
+    """What abuse is remembered by: the host of a TCP peer address (IPv4 or IPv6, as
+    ``accept`` or ``peername`` give it), None for others (Unix sockets)."""
+    if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
+        return peer[0]
+    return None
+
+
 class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` saved."""
 
@@ -158,6 +166,9 @@ class AdmissionGate:
 
     def nobody_came(self) -> None:
         """The last decision found no connection pending: its tokens are given back."""
+        self._give_back()
+
+    def _give_back(self) -> None:
         for bucket in self._taken:
             bucket.give_back()
         self._taken = []
@@ -203,7 +214,8 @@ class AdmissionGate:
 
     def admits(self, address: str | None) -> bool:
         """After the accept, for a newcomer from ``address``: False if that address is
-        throttled and its rate is spent (then closed at once, and counted as dropped)."""
+        throttled and its rate is spent (then closed at once, counted as dropped, and what
+        the decision before the accept took is given back)."""
         throttle = self._addresses.get(address or "")
         if throttle is None:
             return True
@@ -211,6 +223,7 @@ class AdmissionGate:
         if now >= throttle.until or throttle.admit.take(now):
             return True
         self.counts["dropped"] += 1
+        self._give_back()
         return False
 
     def decide(self, pending: int = 0) -> Admit:

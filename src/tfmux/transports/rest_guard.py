@@ -37,7 +37,7 @@ import orjson
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from tfmux.transports.admission import AdmissionGate, TokenBucket
+from tfmux.transports.admission import AdmissionGate, TokenBucket, client_address
 
 log = logging.getLogger("tfmux.rest")
 REFUSAL_LOG_SECONDS = 10.0  # refusals are logged at most this often (a flood is not a log flood)
@@ -169,7 +169,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _abusive(self) -> None:
         if self.gate is not None:
-            self.gate.note_abuse(self.client[0] if self.client else None)
+            self.gate.note_abuse(client_address(self.client))
 
     def _close_with(self, status: int, reason: str, message: str) -> None:
         self._abusive()

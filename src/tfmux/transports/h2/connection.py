@@ -11,6 +11,7 @@ import logging
 import socket
 from typing import Protocol, cast
 
+from tfmux.transports.admission import client_address
 from tfmux.transports.h2 import frames as f
 from tfmux.transports.h2.guard import Shared
 from tfmux.transports.h2.reading import FrameReader
@@ -58,7 +59,7 @@ class H2Connection(FrameReader, asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             address = transport.get_extra_info("peername") or ("?", 0)
-            self.address = address[0]
+            self.address = client_address(address)
             self.peer = (
                 f"ipv6:[{address[0]}]:{address[1]}"
                 if sock.family == socket.AF_INET6
